@@ -1,0 +1,130 @@
+"""The farm's settings: one object, built by each entry point from FARM_* variables and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+
+# ComfyUI's folder types under the models folder (the ones the farm's nodes read).
+MODEL_FOLDERS = (
+    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
+    "upscale_models", "hypernetworks", "photomaker", "classifiers",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a farm process needs to know; defaults are the single-machine values."""
+
+    data_dir: Path
+    models_dir: Path
+    output_dir: Path
+    input_dir: Path
+    temp_dir: Path
+    database_url: str
+    # None means "start or use the embedded Redis" (farm up); every other process gets a URL.
+    broker_url: str | None
+    events_url: str | None
+    host: str = "127.0.0.1"
+    port: int = 8188
+    web_processes: int = 1
+    web_threads: int = 16
+    max_upload_bytes: int = 100 * 1024 * 1024
+    heartbeat_seconds: float = 2.0
+    worker_timeout_seconds: float = 15.0
+    dispatch_timeout_seconds: float = 30.0
+    max_attempts: int = 3
+    dispatch_depth: int = 1
+    history_max_items: int = 10000
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return self.data_dir / "redis" / "redis.sock"
+
+    def with_overrides(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _path(value: str | os.PathLike) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    """Build the settings from `env` (default os.environ); keyword overrides (CLI flags) win.
+
+    Folder overrides given as `data_dir` / `models_dir` move the folders derived from them
+    unless those are set explicitly too.
+    """
+    env = os.environ if env is None else env
+    get = lambda name, default=None: overrides.get(name) or env.get("FARM_" + name.upper()) or default  # noqa: E731
+
+    data_dir = _path(get("data_dir", "./farm-data"))
+    models_dir = _path(get("models_dir", "./models"))
+    output_dir = _path(get("output_dir", data_dir / "output"))
+    input_dir = _path(get("input_dir", data_dir / "input"))
+    temp_dir = _path(get("temp_dir", data_dir / "temp"))
+    database_url = get("database_url", f"sqlite:///{data_dir / 'farm.db'}")
+    broker_url = get("broker_url")
+    events_url = get("events_url")
+    if events_url is None and broker_url and broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        events_url = broker_url
+
+    def number(name, cast, default):
+        value = overrides.get(name)
+        if value is None:
+            raw = env.get("FARM_" + name.upper())
+            value = cast(raw) if raw not in (None, "") else default
+        return value
+
+    return Settings(
+        data_dir=data_dir,
+        models_dir=models_dir,
+        output_dir=output_dir,
+        input_dir=input_dir,
+        temp_dir=temp_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        events_url=events_url,
+        host=get("host", "127.0.0.1"),
+        port=number("port", int, 8188),
+        web_processes=number("web_processes", int, 1),
+        web_threads=number("web_threads", int, 16),
+        max_upload_bytes=number("max_upload_bytes", int, 100 * 1024 * 1024),
+        heartbeat_seconds=number("heartbeat_seconds", float, 2.0),
+        worker_timeout_seconds=number("worker_timeout_seconds", float, 15.0),
+        dispatch_timeout_seconds=number("dispatch_timeout_seconds", float, 30.0),
+        max_attempts=number("max_attempts", int, 3),
+        dispatch_depth=number("dispatch_depth", int, 1),
+        history_max_items=number("history_max_items", int, 10000),
+    )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The FARM_* variables that reproduce `settings` in a child process (farm up)."""
+    env = {
+        "FARM_DATA_DIR": str(settings.data_dir),
+        "FARM_MODELS_DIR": str(settings.models_dir),
+        "FARM_OUTPUT_DIR": str(settings.output_dir),
+        "FARM_INPUT_DIR": str(settings.input_dir),
+        "FARM_TEMP_DIR": str(settings.temp_dir),
+        "FARM_DATABASE_URL": settings.database_url,
+        "FARM_HOST": settings.host,
+        "FARM_PORT": str(settings.port),
+        "FARM_WEB_PROCESSES": str(settings.web_processes),
+        "FARM_WEB_THREADS": str(settings.web_threads),
+        "FARM_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+        "FARM_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+        "FARM_WORKER_TIMEOUT_SECONDS": str(settings.worker_timeout_seconds),
+        "FARM_DISPATCH_TIMEOUT_SECONDS": str(settings.dispatch_timeout_seconds),
+        "FARM_MAX_ATTEMPTS": str(settings.max_attempts),
+        "FARM_DISPATCH_DEPTH": str(settings.dispatch_depth),
+        "FARM_HISTORY_MAX_ITEMS": str(settings.history_max_items),
+    }
+    if settings.broker_url:
+        env["FARM_BROKER_URL"] = settings.broker_url
+    if settings.events_url:
+        env["FARM_EVENTS_URL"] = settings.events_url
+    return env

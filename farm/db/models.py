@@ -1,0 +1,129 @@
+"""The tables: prompts (queue and history in one row per prompt), workers, counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps stored in UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PromptState(str, enum.Enum):
+    QUEUED = "queued"          # accepted, waiting in SQL order
+    DISPATCHED = "dispatched"  # sent to one worker's queue, not yet claimed
+    RUNNING = "running"        # claimed by that worker
+    SUCCESS = "success"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"    # removed from the queue before it ran
+
+    @classmethod
+    def finished(cls) -> tuple["PromptState", ...]:
+        return (cls.SUCCESS, cls.ERROR, cls.INTERRUPTED)
+
+    @classmethod
+    def active(cls) -> tuple["PromptState", ...]:
+        return (cls.DISPATCHED, cls.RUNNING)
+
+
+class Prompt(Base):
+    """One submitted prompt, from acceptance to its history entry."""
+
+    __tablename__ = "prompts"
+
+    prompt_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    number: Mapped[float] = mapped_column(Float, nullable=False)
+    front: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    prompt: Mapped[dict] = mapped_column(JSONType, nullable=False)
+    extra_data: Mapped[dict] = mapped_column(JSONType, nullable=False)
+    outputs_to_execute: Mapped[list] = mapped_column(JSONType, nullable=False)
+    partial_execution_targets: Mapped[list | None] = mapped_column(JSONType)
+    # sha256 of the canonical request body: a retry with the same id and body is idempotent.
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The node_errors answered at submission (partial success keeps the failing outputs' errors).
+    node_errors: Mapped[dict] = mapped_column(JSONType, nullable=False, default=dict)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default=PromptState.QUEUED.value)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    outputs: Mapped[dict | None] = mapped_column(JSONType)
+    # The history status messages: [[event, data], ...] as ComfyUI records them.
+    messages: Mapped[list | None] = mapped_column(JSONType)
+    # The execution_error payload when a node failed (node id, class, exception, traceback...).
+    execution_error: Mapped[dict | None] = mapped_column(JSONType)
+
+    __table_args__ = (
+        # The queue order: pending prompts by number, then prompt_id (ComfyUI's heap order).
+        Index("ix_prompts_queue", "state", "number", "prompt_id"),
+        # History paging: finished prompts in completion order.
+        Index("ix_prompts_history", "finished_at", "prompt_id"),
+        Index("ix_prompts_worker", "worker", "state"),
+    )
+
+
+class Worker(Base):
+    """A live worker process (one GPU), kept fresh by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # A new value per process start: prompts held by an older session of this name are stale.
+    session: Mapped[str] = mapped_column(String(64), nullable=False)
+    queue: Mapped[str] = mapped_column(String(255), nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    gpu_index: Mapped[int | None] = mapped_column(Integer)
+    device_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    device_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    vram_total: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    vram_free: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    ram_total: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    ram_free: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    loaded_models: Mapped[list] = mapped_column(JSONType, nullable=False, default=list)
+    current_prompt: Mapped[str | None] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    python_version: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    torch_version: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Counter(Base):
+    """Server-wide counters shared by every web process (the prompt number)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -1,0 +1,87 @@
+"""Engines and sessions for SQLite and PostgreSQL, with the locking each needs for writes.
+
+SQLite allows one writer at a time. A transaction that reads first and writes later can fail
+with "database is locked" when another process wrote in between, so every write transaction
+here starts with `BEGIN IMMEDIATE` (it takes the write lock up front and waits for it), while
+reads use plain deferred transactions and never block writers (WAL mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+@dataclass
+class Database:
+    engine: Engine
+    read: sessionmaker
+    write_factory: sessionmaker
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session for one write transaction: committed on success, rolled back on error."""
+        with self.write_factory() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self.read() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event decide how transactions start (pysqlite's own
+        # implicit BEGIN would defeat BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives a crash of any farm process; only an OS crash or
+        # power loss can roll back the last commits.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        immediate = connection.get_execution_options().get("farm_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_database(url: str, *, pool_size: int = 10) -> Database:
+    """Engine plus read and write session factories for `url`; creates the SQLite folder."""
+    parsed = make_url(url)
+    kwargs: dict = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        if parsed.drivername == "postgresql":
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        kwargs.update(pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    writer = engine.execution_options(farm_write=True)
+    return Database(
+        engine=engine,
+        read=sessionmaker(engine, expire_on_commit=False),
+        write_factory=sessionmaker(writer, expire_on_commit=False),
+    )

@@ -1,0 +1,1 @@
+"""Torch-side work behind the nodes; only workers import it."""

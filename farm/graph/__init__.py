@@ -1,0 +1,1 @@
+"""Prompt graphs: validation with ComfyUI's rules, planning and execution."""

@@ -1,0 +1,156 @@
+"""Runs a validated prompt: the needed nodes in dependency order, outputs passed along links.
+
+Invariants: only the outputs to execute and their dependencies run; a node runs after every
+node it links from; the first node exception stops the prompt (ComfyUI's rule) and becomes an
+`execution_error` with the node, class, exception and traceback; an interrupt is observed before
+each node and at every progress report and becomes `execution_interrupted`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from typing import Any, Callable
+
+from farm.graph.links import is_link
+from farm.graph.plan import plan_execution
+from farm.nodes.base import Interrupted, NodeEnvironment, RunContext
+from farm.nodes.registry import NodeRegistry
+
+# The events ComfyUI records in a history entry's status messages.
+HISTORY_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted")
+
+Emit = Callable[[str, dict], None]
+
+
+@dataclasses.dataclass
+class ExecutionResult:
+    status: str  # "success" | "error" | "interrupted"
+    outputs: dict[str, dict]
+    messages: list[list]
+    error: dict | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "success"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _qualified_name(exception: BaseException) -> str:
+    cls = type(exception)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(value: Any) -> Any:
+    return value if isinstance(value, (int, float, bool, str, type(None))) else str(value)
+
+
+class GraphExecutor:
+    """Executes prompts for one worker; `emit` receives every event in ComfyUI's order."""
+
+    def __init__(self, registry: NodeRegistry, storage, env: NodeEnvironment | None = None):
+        self.registry = registry
+        self.storage = storage
+        self.env = env or NodeEnvironment(storage)
+
+    def execute(
+        self,
+        prompt_id: str,
+        prompt: dict,
+        outputs_to_execute: list[str],
+        extra_data: dict,
+        emit: Emit,
+        check_interrupt: Callable[[], None] = lambda: None,
+    ) -> ExecutionResult:
+        messages: list[list] = []
+
+        def send(event: str, data: dict) -> None:
+            if event in HISTORY_EVENTS:
+                messages.append([event, data])
+            emit(event, data)
+
+        send("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
+        send("execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()})
+
+        order = plan_execution(prompt, outputs_to_execute)
+        values: dict[str, tuple] = {}
+        outputs: dict[str, dict] = {}
+        executed: list[str] = []
+        for node_id in order:
+            node = prompt[node_id]
+            class_type = node["class_type"]
+            inputs: dict = {}
+            try:
+                check_interrupt()
+                send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})
+                cls = self.registry[class_type]
+                inputs = self._gather_inputs(cls, node_id, node, values, prompt, extra_data)
+                ctx = RunContext(
+                    prompt_id=prompt_id,
+                    node_id=node_id,
+                    storage=self.storage,
+                    check_interrupt=check_interrupt,
+                    report_progress=lambda value, maximum, _node=node_id: self._progress(
+                        send, check_interrupt, prompt_id, _node, value, maximum),
+                )
+                result = cls().run(ctx, **inputs)
+            except Interrupted:
+                send("execution_interrupted", {
+                    "prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
+                    "executed": list(executed), "timestamp": now_ms(),
+                })
+                return ExecutionResult("interrupted", outputs, messages)
+            except Exception as exception:  # noqa: BLE001 - any node failure fails the prompt, not the worker
+                payload = self._error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt)
+                send("execution_error", payload)
+                return ExecutionResult("error", outputs, messages, payload)
+            values[node_id] = tuple(result.values)
+            executed.append(node_id)
+            if result.ui is not None:
+                outputs[node_id] = result.ui
+                send("executed", {"node": node_id, "display_node": node_id, "output": result.ui, "prompt_id": prompt_id})
+        send("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
+        return ExecutionResult("success", outputs, messages)
+
+    @staticmethod
+    def _progress(send, check_interrupt, prompt_id, node_id, value, maximum) -> None:
+        send("progress", {"value": value, "max": maximum, "prompt_id": prompt_id, "node": node_id})
+        check_interrupt()
+
+    def _gather_inputs(self, cls, node_id: str, node: dict, values: dict, prompt: dict, extra_data: dict) -> dict:
+        schema = cls.input_types(self.env)
+        declared = {**schema.get("required", {}), **schema.get("optional", {})}
+        inputs = {}
+        for name, value in node.get("inputs", {}).items():
+            if is_link(value):
+                source, index = value[0], int(value[1])
+                inputs[name] = values[source][index]
+            elif name in declared:
+                inputs[name] = value
+        hidden_values = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_data.get("extra_pnginfo"), "UNIQUE_ID": node_id}
+        for name, kind in schema.get("hidden", {}).items():
+            kind = kind[0] if isinstance(kind, list) else kind
+            if kind in hidden_values:
+                inputs[name] = hidden_values[kind]
+        return inputs
+
+    @staticmethod
+    def _error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt) -> dict:
+        return {
+            "prompt_id": prompt_id,
+            "node_id": node_id,
+            "node_type": class_type,
+            "executed": list(executed),
+            "exception_message": f"{exception}\n",
+            "exception_type": _qualified_name(exception),
+            "traceback": traceback.format_tb(exception.__traceback__),
+            "current_inputs": {
+                name: [_describe(value)] for name, value in inputs.items() if name not in ("prompt", "extra_pnginfo")
+            },
+            "current_outputs": list(prompt),
+            "timestamp": now_ms(),
+        }

@@ -1,0 +1,271 @@
+"""Prompt validation with ComfyUI's rules and error shapes (spec comfyui-api.md §5).
+
+Runs in the web process without torch. Nodes are visited once each, dependencies first, in an
+iterative depth-first order, so graphs of any depth validate without recursion limits and a
+static cycle is reported as `dependency_cycle` instead of crashing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from farm.graph import errors
+from farm.graph.links import is_link
+from farm.graph.types import types_compatible
+from farm.nodes.base import NodeEnvironment
+from farm.nodes.registry import NodeRegistry
+
+
+@dataclasses.dataclass
+class Validation:
+    """The outcome: the prompt to store (coerced in place), its valid outputs, or the error."""
+
+    prompt: Any
+    outputs: list[str]
+    node_errors: dict
+    error: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def validate_prompt(
+    prompt: Any,
+    registry: NodeRegistry,
+    env: NodeEnvironment,
+    partial_execution_targets: list | None = None,
+) -> Validation:
+    if not isinstance(prompt, dict):
+        return Validation(prompt, [], {}, errors.invalid_prompt("the prompt must be an object of nodes keyed by node id"))
+    for node_id, node in prompt.items():
+        failure = _check_node_type(node_id, node, registry)
+        if failure:
+            return Validation(prompt, [], {}, failure)
+
+    outputs = [node_id for node_id, node in prompt.items() if registry[node["class_type"]].OUTPUT_NODE]
+    if partial_execution_targets is not None:
+        targets = {str(target) for target in partial_execution_targets}
+        outputs = [node_id for node_id in outputs if node_id in targets]
+    if not outputs:
+        return Validation(prompt, [], {}, errors.prompt_no_outputs())
+
+    checker = _Checker(prompt, registry, env)
+    good: list[str] = []
+    failed_outputs: list[str] = []
+    for output_id in outputs:
+        if checker.valid(output_id):
+            good.append(output_id)
+        else:
+            failed_outputs.append(output_id)
+            for node_id in checker.failing_nodes_under(output_id):
+                checker.node_errors[node_id]["dependent_outputs"].append(output_id)
+
+    node_errors = {node_id: entry for node_id, entry in checker.node_errors.items() if entry["errors"]}
+    if not good:
+        lines = [
+            f"{error['message']}: {error['details']}"
+            for output_id in failed_outputs
+            for error in checker.node_errors.get(output_id, {}).get("errors", [])
+        ]
+        return Validation(prompt, [], node_errors, errors.outputs_failed("\n".join(lines)))
+    return Validation(prompt, good, node_errors)
+
+
+def _check_node_type(node_id: str, node: Any, registry: NodeRegistry) -> dict | None:
+    if not isinstance(node, dict) or "class_type" not in node:
+        return errors.missing_node_type(node_id, None, None)
+    class_type = node["class_type"]
+    title = node.get("_meta", {}).get("title") if isinstance(node.get("_meta"), dict) else None
+    if not isinstance(class_type, str) or class_type not in registry:
+        return errors.missing_node_type(node_id, class_type, title)
+    if not isinstance(node.setdefault("inputs", {}), dict):
+        return errors.invalid_prompt(f"the inputs of node '{node_id}' must be an object")
+    return None
+
+
+class _Checker:
+    """Validates the nodes reachable from the outputs, each once, dependencies first."""
+
+    def __init__(self, prompt: dict, registry: NodeRegistry, env: NodeEnvironment):
+        self.prompt = prompt
+        self.registry = registry
+        self.env = env
+        self.result: dict[str, bool] = {}
+        self.node_errors: dict[str, dict] = {}
+        self._schemas: dict[str, dict] = {}
+
+    def schema(self, class_type: str) -> dict:
+        if class_type not in self._schemas:
+            self._schemas[class_type] = self.registry[class_type].input_types(self.env)
+        return self._schemas[class_type]
+
+    def add_error(self, node_id: str, error: dict) -> None:
+        node = self.prompt.get(node_id)
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        entry = self.node_errors.setdefault(
+            node_id, {"errors": [], "dependent_outputs": [], "class_type": class_type}
+        )
+        entry["errors"].append(error)
+
+    def declared_links(self, node_id: str):
+        """(input name, source id) for every declared input of `node_id` that is a link."""
+        node = self.prompt[node_id]
+        schema = self.schema(node["class_type"])
+        for section in ("required", "optional"):
+            for name in schema.get(section, {}):
+                value = node["inputs"].get(name)
+                if is_link(value, strict=False):
+                    yield name, value[0]
+
+    def valid(self, root: str) -> bool:
+        # Iterative DFS: a node is checked after all of its (existing) upstream nodes.
+        stack: list[tuple[str, bool]] = [(root, False)]
+        on_path: list[str] = []
+        while stack:
+            node_id, expanded = stack.pop()
+            if expanded:
+                on_path.pop()
+                self.result[node_id] = self._check(node_id)
+                continue
+            if node_id in self.result:
+                continue
+            if node_id in on_path:
+                continue  # reported by the cycle check below
+            on_path.append(node_id)
+            stack.append((node_id, True))
+            for _name, source in self.declared_links(node_id):
+                if not isinstance(source, str) or source not in self.prompt:
+                    continue
+                # Before the memo check: a node already marked failed by one cycle can close another.
+                if source in on_path:
+                    self._report_cycle(on_path[on_path.index(source):])
+                    continue
+                if source in self.result:
+                    continue
+                stack.append((source, False))
+        return self.result[root]
+
+    def _report_cycle(self, cycle: list[str]) -> None:
+        path = " -> ".join(f"{n} ({self.prompt[n]['class_type']})" for n in [*cycle, cycle[0]])
+        for node_id in cycle:
+            if not any(e["type"] == "dependency_cycle" for e in self.node_errors.get(node_id, {}).get("errors", [])):
+                self.add_error(node_id, errors.dependency_cycle(node_id, cycle, path))
+            self.result[node_id] = False
+
+    def failing_nodes_under(self, output_id: str) -> list[str]:
+        """Nodes with errors that `output_id` depends on (itself included)."""
+        seen, stack, found = set(), [output_id], []
+
+        def record(node_id: str) -> None:
+            if node_id not in found and self.node_errors.get(node_id, {}).get("errors"):
+                found.append(node_id)
+
+        while stack:
+            node_id = stack.pop()
+            if node_id in seen:
+                continue
+            seen.add(node_id)
+            record(node_id)
+            if node_id in self.prompt:
+                for _name, source in self.declared_links(node_id):
+                    if isinstance(source, str):
+                        stack.append(source)
+                    else:
+                        # A non-string source id ([4, 0]) is reported under str(source) by
+                        # _check_link; it names no node, so there is nothing further to walk.
+                        record(str(source))
+        return found
+
+    def _check(self, node_id: str) -> bool:
+        if self.result.get(node_id) is False:  # already failed as part of a cycle
+            return False
+        node = self.prompt[node_id]
+        cls = self.registry[node["class_type"]]
+        schema = self.schema(node["class_type"])
+        inputs = node["inputs"]
+        ok = True
+        for section in ("required", "optional"):
+            for name, declared in schema.get(section, {}).items():
+                # Errors report input_config as the pair [input_type, options] (spec §5.2),
+                # also for inputs declared without options, such as ["IMAGE"] or [[...choices]].
+                config = [declared[0], declared[1] if len(declared) > 1 and isinstance(declared[1], dict) else {}]
+                if name not in inputs:
+                    if section == "required":
+                        self.add_error(node_id, errors.required_input_missing(name))
+                        ok = False
+                    continue
+                value = inputs[name]
+                if isinstance(value, dict) and "__value__" in value:
+                    value = inputs[name] = value["__value__"]
+                elif isinstance(value, list):
+                    ok = self._check_link(node_id, name, config, value) and ok
+                    continue
+                ok = self._check_constant(node_id, cls, name, config, inputs) and ok
+        return ok
+
+    def _check_link(self, node_id: str, name: str, config: list, value: list) -> bool:
+        if len(value) != 2:
+            self.add_error(node_id, errors.bad_linked_input(name, config, value))
+            return False
+        source, index = value
+        source_node = self.prompt.get(source) if isinstance(source, str) else None
+        if source_node is None:
+            self.add_error(str(source), errors.inner_exception(
+                name, config, value, "KeyError",
+                f"node {source!r} linked from input '{name}' of node '{node_id}' does not exist in the prompt",
+            ))
+            return False
+        return_types = self.registry[source_node["class_type"]].RETURN_TYPES
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(return_types):
+            self.add_error(source, errors.inner_exception(
+                name, config, value, "IndexError",
+                f"output index {index!r} of node '{source}' ({source_node['class_type']}) does not exist: "
+                f"it has {len(return_types)} output(s)",
+            ))
+            return False
+        received = return_types[index]
+        expected = config[0]
+        if not types_compatible(received, expected):
+            self.add_error(node_id, errors.return_type_mismatch(name, config, received, expected, value))
+            return False
+        return self.result.get(source, False)
+
+    def _check_constant(self, node_id: str, cls, name: str, config: list, inputs: dict) -> bool:
+        expected = config[0]
+        options = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}
+        value = inputs[name]
+        if name in cls.CUSTOM_VALIDATED_INPUTS:
+            message = cls.validate_input(self.env, name, value)
+            if message is not None:
+                self.add_error(node_id, errors.custom_validation_failed(name, message))
+                return False
+            return True
+        caster = _CASTS.get(expected) if isinstance(expected, str) else None
+        if caster is not None:
+            try:
+                value = inputs[name] = caster(value)
+            except (TypeError, ValueError, OverflowError) as ex:
+                self.add_error(node_id, errors.invalid_input_type(name, config, expected, value, ex))
+                return False
+        if "min" in options and _below(value, options["min"]):
+            self.add_error(node_id, errors.value_smaller_than_min(name, config, value, options["min"]))
+            return False
+        if "max" in options and _below(options["max"], value):
+            self.add_error(node_id, errors.value_bigger_than_max(name, config, value, options["max"]))
+            return False
+        if isinstance(expected, list) and value not in expected:
+            self.add_error(node_id, errors.value_not_in_list(name, config, value, expected))
+            return False
+        return True
+
+
+def _below(a, b) -> bool:
+    try:
+        return a < b
+    except TypeError:
+        return False
+
+
+_CASTS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}

@@ -1,0 +1,32 @@
+"""The registry of node classes by ComfyUI class_type, built explicitly from node families."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from farm.nodes.base import Node
+
+
+class NodeRegistry(Mapping[str, type[Node]]):
+    def __init__(self, classes: Iterable[type[Node]]):
+        self._classes: dict[str, type[Node]] = {}
+        for cls in classes:
+            if cls.CLASS_TYPE in self._classes:
+                raise ValueError(f"two node classes named {cls.CLASS_TYPE}")
+            self._classes[cls.CLASS_TYPE] = cls
+
+    def __getitem__(self, class_type: str) -> type[Node]:
+        return self._classes[class_type]
+
+    def __iter__(self):
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+
+def default_registry(extra: Iterable[type[Node]] = ()) -> NodeRegistry:
+    """Every node family the farm ships, plus `extra` classes (tests, plugins)."""
+    from farm.nodes import image, image_io
+
+    return NodeRegistry([*image.NODES, *image_io.NODES, *extra])

@@ -1,0 +1,1 @@
+"""Celery wiring and the dispatcher that hands queued prompts to idle workers."""

@@ -1,0 +1,48 @@
+"""The farm's parts wired from the settings, shared by the web app and the worker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from farm.db.session import Database, make_database
+from farm.nodes.base import NodeEnvironment
+from farm.nodes.registry import NodeRegistry, default_registry
+from farm.queue.dispatch import Dispatcher
+from farm.storage import LocalStorage
+
+
+@dataclasses.dataclass
+class FarmContext:
+    settings: object
+    database: Database
+    registry: NodeRegistry
+    storage: LocalStorage
+    node_env: NodeEnvironment
+    dispatcher: Dispatcher | None = None
+    trigger: object | None = None  # DispatchTrigger in web processes
+
+    def dispatch_soon(self) -> None:
+        if self.trigger is not None:
+            self.trigger.request()
+        elif self.dispatcher is not None:
+            self.dispatcher.dispatch()
+
+
+def make_context(settings, *, registry: NodeRegistry | None = None, sender=None, background_dispatch=False) -> FarmContext:
+    """Wire the database, nodes, storage and (when a sender is given) the dispatcher."""
+    from farm.queue.trigger import DispatchTrigger
+
+    database = make_database(settings.database_url)
+    storage = LocalStorage.from_settings(settings)
+    context = FarmContext(
+        settings=settings,
+        database=database,
+        registry=registry or default_registry(),
+        storage=storage,
+        node_env=NodeEnvironment(storage, settings.models_dir),
+    )
+    if sender is not None:
+        context.dispatcher = Dispatcher(database, sender, settings)
+        if background_dispatch:
+            context.trigger = DispatchTrigger(context.dispatcher)
+    return context

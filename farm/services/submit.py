@@ -1,0 +1,139 @@
+"""Accepting a prompt: parse the POST /prompt body, validate, commit, then dispatch.
+
+Accepted means committed: the row is in the database before the answer is sent. A client may
+retry a submission with the same prompt_id and body and gets the first answer back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import uuid
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from farm.db.models import Counter, Prompt, PromptState
+from farm.graph import errors
+from farm.graph.validation import validate_prompt
+from farm.queue.dispatch import utcnow
+
+log = logging.getLogger(__name__)
+
+# Credentials for API nodes: never stored (ComfyUI strips them from history too).
+SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitAnswer:
+    status: int
+    body: dict
+
+
+def _refuse(error: dict, node_errors: dict | None = None) -> SubmitAnswer:
+    return SubmitAnswer(400, {"error": error, "node_errors": node_errors or {}})
+
+
+def _canonical_uuid(value) -> bool:
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def request_hash(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def submit_prompt(farm, body) -> SubmitAnswer:
+    """Validate and enqueue one POST /prompt body; `farm` is the web's FarmContext."""
+    if not isinstance(body, dict) or "prompt" not in body:
+        return _refuse(errors.no_prompt())
+
+    prompt_id = body.get("prompt_id")
+    if prompt_id is None:
+        prompt_id = str(uuid.uuid4())
+    elif not _canonical_uuid(prompt_id):
+        return _refuse(errors.invalid_prompt_id(f"prompt_id {prompt_id!r} is not a lowercase hyphenated UUID"))
+    else:
+        earlier = _earlier_answer(farm.database, prompt_id, request_hash(body))
+        if earlier is not None:
+            return earlier
+
+    extra_data = body.get("extra_data", {})
+    if not isinstance(extra_data, dict):
+        return _refuse(errors.invalid_prompt("extra_data must be an object"))
+    extra_data = {k: v for k, v in extra_data.items() if k not in SENSITIVE_EXTRA_DATA}
+    if "client_id" in body:
+        extra_data["client_id"] = body["client_id"]
+    targets = body.get("partial_execution_targets")
+    if targets is not None and not isinstance(targets, list):
+        return _refuse(errors.invalid_prompt("partial_execution_targets must be a list of node ids"))
+    given_number = None
+    if "number" in body:
+        try:
+            given_number = float(body["number"])
+        except (TypeError, ValueError):
+            return _refuse(errors.invalid_prompt(f"number must be a number, got {body['number']!r}"))
+
+    validation = validate_prompt(body["prompt"], farm.registry, farm.node_env, targets)
+    if not validation.ok:
+        return _refuse(validation.error, validation.node_errors)
+
+    front = bool(body.get("front")) and given_number is None
+    row = Prompt(
+        prompt_id=prompt_id,
+        front=front,
+        client_id=str(body["client_id"]) if body.get("client_id") is not None else None,
+        prompt=validation.prompt,
+        extra_data=extra_data,
+        outputs_to_execute=validation.outputs,
+        partial_execution_targets=targets,
+        request_hash=request_hash(body),
+        node_errors=validation.node_errors,
+        state=PromptState.QUEUED.value,
+        attempt=0,
+        created_at=utcnow(),
+    )
+    try:
+        with farm.database.write() as session:
+            if given_number is None:
+                counter = session.execute(
+                    update(Counter).where(Counter.name == "prompt_number")
+                    .values(value=Counter.value + 1).returning(Counter.value)
+                ).scalar_one()
+                row.number = -(counter - 1) if front else counter - 1
+            else:
+                row.number = given_number
+            session.add(row)
+    except IntegrityError:
+        # The same prompt_id committed concurrently: answer as a retry would be answered.
+        earlier = _earlier_answer(farm.database, prompt_id, row.request_hash)
+        if earlier is None:
+            raise
+        return earlier
+
+    farm.dispatch_soon()
+    return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row.number),
+                              "node_errors": validation.node_errors})
+
+
+def number_json(number: float) -> float | int:
+    """Numbers are stored as floats; whole ones are shown as integers, as ComfyUI's counter gives."""
+    return int(number) if float(number).is_integer() else number
+
+
+def _earlier_answer(database, prompt_id: str, body_hash: str) -> SubmitAnswer | None:
+    with database.reading() as session:
+        row = session.execute(
+            select(Prompt.request_hash, Prompt.number, Prompt.node_errors, Prompt.front)
+            .where(Prompt.prompt_id == prompt_id)
+        ).one_or_none()
+    if row is None:
+        return None
+    if row.request_hash != body_hash:
+        return _refuse(errors.prompt_id_conflict(prompt_id))
+    return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row.number),
+                              "node_errors": row.node_errors})

@@ -1,0 +1,153 @@
+"""The worker registry: registration, heartbeats, and taking prompts back from lost workers.
+
+A worker whose heartbeat is older than `worker_timeout_seconds` is dead: its dispatched or
+running prompts go back to `queued` at their place in the order (the next dispatch raises their
+attempt, so a late message or result of the old attempt is refused), or end in `error` once
+they have used `max_attempts` attempts. A prompt dispatched but not claimed within
+`dispatch_timeout_seconds` is taken back the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+
+from sqlalchemy import delete, select, update
+
+from farm.db.models import Prompt, PromptState, Worker
+from farm.graph.executor import now_ms
+from farm.queue.dispatch import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class WorkerInfo:
+    """What a worker reports about itself at registration and with every heartbeat."""
+
+    name: str
+    session: str
+    queue: str
+    host: str
+    pid: int
+    gpu_index: int | None
+    device_name: str
+    device_type: str
+    version: str
+    python_version: str = ""
+    torch_version: str = ""
+    vram_total: int = 0
+    vram_free: int = 0
+    ram_total: int = 0
+    ram_free: int = 0
+    loaded_models: list = dataclasses.field(default_factory=list)
+    current_prompt: str | None = None
+
+
+def register(database, info: WorkerInfo, settings) -> None:
+    """Insert or replace this worker's row; prompts held by its previous session are taken back."""
+    now = utcnow()
+    with database.write() as session:
+        _take_back(session, settings, [info.name], reason=f"worker {info.name} restarted while holding this prompt")
+        session.execute(delete(Worker).where(Worker.name == info.name))
+        session.add(Worker(**dataclasses.asdict(info), started_at=now, last_seen=now))
+
+
+def heartbeat(database, info: WorkerInfo, settings) -> None:
+    with database.write() as session:
+        values = dataclasses.asdict(info)
+        found = session.execute(
+            update(Worker).where(Worker.name == info.name, Worker.session == info.session)
+            .values(**values, last_seen=utcnow())
+        ).rowcount
+    if not found:
+        log.warning("worker %s was presumed dead; registering again", info.name)
+        register(database, info, settings)
+
+
+def deregister(database, info: WorkerInfo) -> None:
+    """Clean exit: unclaimed prompts go back to the queue without counting an attempt."""
+    with database.write() as session:
+        session.execute(
+            update(Prompt)
+            .where(Prompt.worker == info.name, Prompt.state.in_([s.value for s in PromptState.active()]))
+            .values(state=PromptState.QUEUED.value, worker=None, dispatched_at=None, started_at=None,
+                    attempt=Prompt.attempt - 1)
+        )
+        session.execute(delete(Worker).where(Worker.name == info.name, Worker.session == info.session))
+
+
+def reap(database, settings) -> int:
+    """Take prompts back from dead workers and from dispatches never claimed; return how many."""
+    now = utcnow()
+    with database.reading() as session:
+        dead = session.scalars(
+            select(Worker.name).where(Worker.last_seen < now - dt.timedelta(seconds=settings.worker_timeout_seconds))
+        ).all()
+        unclaimed = session.scalar(
+            select(Prompt.prompt_id).where(
+                Prompt.state == PromptState.DISPATCHED.value,
+                Prompt.dispatched_at < now - dt.timedelta(seconds=settings.dispatch_timeout_seconds),
+            ).limit(1)
+        )
+    if not dead and unclaimed is None:
+        return 0
+    with database.write() as session:
+        taken = _take_back(session, settings, dead, reason="the worker running this prompt stopped responding")
+        taken += _take_back_unclaimed(session, settings, now)
+        if dead:
+            session.execute(delete(Worker).where(Worker.name.in_(dead)))
+    if taken:
+        log.warning("took back %d prompt(s) from lost workers", taken)
+    return taken
+
+
+def _take_back(session, settings, workers: list[str], reason: str) -> int:
+    if not workers:
+        return 0
+    rows = session.execute(
+        select(Prompt).where(Prompt.worker.in_(workers), Prompt.state.in_([s.value for s in PromptState.active()]))
+        .with_for_update()
+    ).scalars().all()
+    for row in rows:
+        _requeue_or_fail(row, settings, reason)
+    return len(rows)
+
+
+def _take_back_unclaimed(session, settings, now) -> int:
+    rows = session.execute(
+        select(Prompt).where(
+            Prompt.state == PromptState.DISPATCHED.value,
+            Prompt.dispatched_at < now - dt.timedelta(seconds=settings.dispatch_timeout_seconds),
+        ).with_for_update(skip_locked=True)
+    ).scalars().all()
+    for row in rows:
+        _requeue_or_fail(row, settings, f"worker {row.worker} did not start this prompt in time")
+    return len(rows)
+
+
+def _requeue_or_fail(row: Prompt, settings, reason: str) -> None:
+    if row.attempt < settings.max_attempts:
+        row.state = PromptState.QUEUED.value
+        row.worker = None
+        row.dispatched_at = None
+        row.started_at = None
+        return
+    message = f"{reason}; giving up after {row.attempt} attempts"
+    error = {
+        "prompt_id": row.prompt_id, "node_id": None, "node_type": None, "executed": [],
+        "exception_message": message + "\n", "exception_type": "WorkerLost", "traceback": [],
+        "current_inputs": {}, "current_outputs": [], "timestamp": now_ms(),
+    }
+    row.state = PromptState.ERROR.value
+    row.finished_at = utcnow()
+    row.outputs = {}
+    row.messages = [["execution_error", error]]
+    row.execution_error = error
+
+
+def live_workers(database, settings) -> list[Worker]:
+    since = utcnow() - dt.timedelta(seconds=settings.worker_timeout_seconds)
+    with database.reading() as session:
+        return session.scalars(select(Worker).where(Worker.last_seen >= since).order_by(Worker.name)).all()

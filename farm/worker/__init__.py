@@ -1,0 +1,1 @@
+"""The worker role: one Celery worker process per GPU that executes prompts."""

@@ -1,0 +1,47 @@
+"""`farm worker`: one Celery worker process pinned to one GPU (or the CPU)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from farm.worker.device import pin_device
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_name(gpu: int | None) -> str:
+    return f"{socket.gethostname()}-{'cpu' if gpu is None else f'gpu{gpu}'}"
+
+
+def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str = "INFO", registry=None) -> None:
+    pin_device(gpu)  # before anything imports torch
+
+    from celery import signals
+
+    from farm.queue.celery_app import EXECUTE_PROMPT, make_celery, worker_queue
+    from farm.worker.runtime import WorkerRuntime
+
+    name = name or default_worker_name(gpu)
+    app = make_celery(settings)
+    app.conf.task_queues = (worker_queue(name),)
+    runtime = WorkerRuntime(settings, app, name, gpu, registry=registry)
+
+    @app.task(name=EXECUTE_PROMPT, ignore_result=True)
+    def execute_prompt(prompt_id: str, attempt: int) -> None:
+        runtime.execute(prompt_id, attempt)
+
+    signals.worker_ready.connect(lambda **_: runtime.start(), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: runtime.request_stop(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: runtime.stop(), weak=False)
+
+    app.worker_main([
+        "worker",
+        f"--hostname={name}@{socket.gethostname()}",
+        "--pool=threads",
+        "--concurrency=1",
+        "--prefetch-multiplier=1",
+        "--without-gossip",
+        "--without-mingle",
+        f"--loglevel={loglevel}",
+    ])

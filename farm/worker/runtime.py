@@ -1,0 +1,146 @@
+"""What a worker process does: register, heartbeat, and run the prompts sent to it.
+
+A prompt runs only after this worker claimed it for the attempt in the message; its events go
+to the event bus as they happen; its history entry is written before the final
+`executing {node: null}` event. When the worker is asked to stop, the running prompt is
+interrupted at the next node or sampler step and put back in the queue, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+import farm
+from farm.db.models import PromptState
+from farm.events import EventBus
+from farm.graph.executor import ExecutionResult, GraphExecutor, now_ms
+from farm.nodes.base import Interrupted
+from farm.queue.celery_app import worker_queue_name
+from farm.queue.sender import CelerySender
+from farm.services import execution, workers
+from farm.services.context import make_context
+from farm.worker.device import device_report
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, settings, app, name: str, gpu: int | None, registry=None):
+        self.settings = settings
+        self.name = name
+        self.context = make_context(settings, registry=registry, sender=CelerySender(app))
+        self.executor = GraphExecutor(self.context.registry, self.context.storage, self.context.node_env)
+        self.bus = EventBus(settings.events_url)
+        self.info = workers.WorkerInfo(
+            name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
+            pid=os.getpid(), gpu_index=gpu, device_name="", device_type="", version=farm.__version__,
+            python_version=sys.version,
+        )
+        self._stopping = threading.Event()
+        self._interrupt = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    # lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._refresh_info()
+        workers.register(self.context.database, self.info, self.settings)
+        log.info("worker %s registered (%s)", self.name, self.info.device_name)
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        self.context.dispatcher.dispatch()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=10)
+        workers.deregister(self.context.database, self.info)
+        self.context.database.dispose()
+        log.info("worker %s deregistered", self.name)
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def _refresh_info(self) -> None:
+        for key, value in device_report().items():
+            setattr(self.info, key, value)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.settings.heartbeat_seconds):
+            try:
+                self._refresh_info()
+                workers.heartbeat(self.context.database, self.info, self.settings)
+                workers.reap(self.context.database, self.settings)
+                self.context.dispatcher.dispatch()
+            except Exception:  # noqa: BLE001 - a database or broker hiccup must not kill the worker
+                log.exception("heartbeat failed")
+
+    # prompts --------------------------------------------------------------------------------
+    def _check_interrupt(self) -> None:
+        if self._stopping.is_set() or self._interrupt.is_set():
+            self._interrupt.clear()
+            raise Interrupted()
+
+    def execute(self, prompt_id: str, attempt: int) -> None:
+        claimed = execution.claim(self.context.database, prompt_id, attempt, self.name)
+        if claimed is None:
+            log.info("dropping stale message for %s attempt %s", prompt_id, attempt)
+            return
+        self._interrupt.clear()
+        self.info.current_prompt = prompt_id
+
+        def emit(event: str, data: dict) -> None:
+            self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
+
+        try:
+            result = self._run(claimed, emit)
+            if result.status == "interrupted" and self._stopping.is_set():
+                execution.requeue(self.context.database, prompt_id, attempt, self.name)
+                log.info("worker stopping: %s goes back to the queue", prompt_id)
+                return
+            state = {"success": PromptState.SUCCESS, "error": PromptState.ERROR,
+                     "interrupted": PromptState.INTERRUPTED}[result.status]
+            self._finish(claimed, state, result)
+            emit("executing", {"node": None, "prompt_id": prompt_id})
+        finally:
+            self.info.current_prompt = None
+        if not self._stopping.is_set():
+            self.context.dispatcher.dispatch()
+
+    def _run(self, claimed, emit) -> ExecutionResult:
+        try:
+            return self.executor.execute(
+                claimed.prompt_id, claimed.prompt, claimed.outputs_to_execute, claimed.extra_data,
+                emit, self._check_interrupt,
+            )
+        except Exception as exception:  # noqa: BLE001 - a broken plan fails the prompt, not the worker
+            log.exception("prompt %s failed outside any node", claimed.prompt_id)
+            error = {
+                "prompt_id": claimed.prompt_id, "node_id": None, "node_type": None, "executed": [],
+                "exception_message": f"{exception}\n", "exception_type": type(exception).__name__,
+                "traceback": traceback.format_tb(exception.__traceback__), "current_inputs": {},
+                "current_outputs": list(claimed.prompt), "timestamp": now_ms(),
+            }
+            emit("execution_error", error)
+            return ExecutionResult("error", {}, [["execution_error", error]], error)
+
+    def _finish(self, claimed, state: PromptState, result: ExecutionResult) -> None:
+        # The history entry must be written: retry through short database outages.
+        for delay in (0, 0.5, 1, 2, 4, 8, 16):
+            time.sleep(delay)
+            try:
+                execution.finish(self.context.database, claimed, self.name, state, result.outputs,
+                                 result.messages, result.error)
+                return
+            except Exception:  # noqa: BLE001
+                log.exception("could not record the end of %s; retrying", claimed.prompt_id)
+        raise RuntimeError(f"could not record the end of {claimed.prompt_id}")

@@ -1,0 +1,1 @@
+"""Alembic migrations of the farm's database (`farm db upgrade`)."""

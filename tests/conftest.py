@@ -1,0 +1,72 @@
+"""Shared fixtures: settings in a temporary folder, migrated databases, the web app."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from farm.config import load_settings
+from farm.db.migrate import upgrade
+from tests.services import fresh_postgres_database, service_url
+
+
+class RecordingSender:
+    """Stands in for the broker where a test is about SQL dispatch, not delivery."""
+
+    def __init__(self):
+        self.sent = []
+        self.fail = False
+
+    def send(self, assignment):
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.sent.append(assignment)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("template") / "farm.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path, sqlite_template):
+    """A migrated, empty database: SQLite always, PostgreSQL when FARM_TEST_DATABASE_URL is set."""
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "farm.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+    else:
+        with fresh_postgres_database(service_url("database")) as url:
+            upgrade(url)
+            yield url
+
+
+@pytest.fixture
+def settings(tmp_path, database_url):
+    return load_settings(env={}, data_dir=str(tmp_path / "data"), models_dir=str(tmp_path / "models"),
+                         database_url=database_url)
+
+
+@pytest.fixture
+def sender():
+    return RecordingSender()
+
+
+@pytest.fixture
+def context(settings, sender):
+    from farm.services.context import make_context
+
+    context = make_context(settings, sender=sender)
+    yield context
+    context.database.dispose()
+
+
+@pytest.fixture
+def client(settings, context):
+    from web import create_app
+
+    return create_app(settings, context=context).test_client()

@@ -1,0 +1,119 @@
+"""Running the real farm (`farm up`, `farm web`, `farm worker`) as subprocesses in tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FarmProcess:
+    """One farm command as a subprocess, with its log in a file for failure reports."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path, port: int | None = None):
+        self.args = args
+        self.port = port
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+        self.process = subprocess.Popen([sys.executable, "-m", "farm.cli", *args], env={**clean, **env},
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.args} exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if requests.get(self.url + "/system_stats", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.args} not ready in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"{self.args} did not stop within {timeout} s:\n{self.output()}")
+        finally:
+            self.log.close()
+
+
+def farm_env(data_dir: Path, **urls) -> dict:
+    env = {"FARM_DATA_DIR": str(data_dir), "FARM_MODELS_DIR": str(data_dir / "models"),
+           "FARM_HEARTBEAT_SECONDS": "0.5", "FARM_WORKER_TIMEOUT_SECONDS": "5"}
+    for key, value in urls.items():
+        if value:
+            env[f"FARM_{key.upper()}"] = value
+    return env
+
+
+def start_farm_up(data_dir: Path, **urls) -> FarmProcess:
+    port = free_port()
+    return FarmProcess(["up", "--cpu", "--port", str(port)], farm_env(data_dir, **urls),
+                       data_dir.parent / f"farm-up-{port}.log", port)
+
+
+@contextlib.contextmanager
+def farm_up(data_dir: Path, **urls):
+    """`farm up --cpu` on a free port; stopped with SIGTERM at the end (and checked to exit 0)."""
+    farm = start_farm_up(data_dir, **urls)
+    try:
+        farm.wait_ready()
+        yield farm
+    finally:
+        code = farm.stop()
+    assert code == 0, farm.output()
+
+
+def wait_history(url: str, prompt_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = requests.get(f"{url}/history/{prompt_id}", timeout=5).json()
+        if body:
+            return body[prompt_id]
+        time.sleep(0.05)
+    raise AssertionError(f"{prompt_id} not in history after {timeout} s; queue: {requests.get(url + '/queue').json()}")
+
+
+def children_of(pid: int) -> list[int]:
+    """Every live descendant of `pid` (Linux /proc)."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path("/proc").glob("[0-9]*"):
+            try:
+                if int((task / "stat").read_text().split(") ", 1)[1].split()[1]) == parent:
+                    found.append(int(task.name))
+                    frontier.append(int(task.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found

@@ -1,0 +1,99 @@
+"""The whole farm as a user runs it: `farm up` in a subprocess, driven through the HTTP API."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.integration.farm_process import children_of, farm_up, start_farm_up, wait_history
+from tests.services import fresh_postgres_database, service_url
+from tests.workflows import invert_workflow
+
+pytestmark = pytest.mark.integration
+
+
+def render_and_check(url: str) -> None:
+    prompt = invert_workflow(color=0x336699, size=16, prefix="e2e/run")
+    body = {"prompt": prompt, "client_id": "e2e", "extra_data": {"extra_pnginfo": {"workflow": {"id": "w1"}}}}
+    answer = requests.post(f"{url}/prompt", data=json.dumps(body), timeout=10)
+    assert answer.status_code == 200, answer.text
+    prompt_id = answer.json()["prompt_id"]
+    entry = wait_history(url, prompt_id)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    image = entry["outputs"]["3"]["images"][0]
+    assert image == {"filename": "run_00001_.png", "subfolder": "e2e", "type": "output"}
+    response = requests.get(f"{url}/view", params=image, timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/png"
+    png = Image.open(io.BytesIO(response.content))
+    assert png.size == (16, 16)
+    # ComfyUI converts by truncating 255 * value, so a channel may sit one below the exact inverse.
+    expected = (255 - 0x33, 255 - 0x66, 255 - 0x99)
+    assert all(0 <= e - got <= 1 for got, e in zip(png.getpixel((5, 5)), expected)), png.getpixel((5, 5))
+    assert json.loads(png.text["prompt"]) == prompt
+    assert json.loads(png.text["workflow"]) == {"id": "w1"}
+
+
+def test_farm_up_on_embedded_defaults_renders_and_stops_cleanly(tmp_path):
+    with farm_up(tmp_path / "data") as farm:
+        children = children_of(farm.process.pid)
+        assert len(children) >= 3  # embedded Redis, web, worker
+        render_and_check(farm.url)
+        stats = requests.get(f"{farm.url}/api/system_stats", timeout=5).json()
+        assert [device["type"] for device in stats["devices"]] == ["cpu"]
+    time.sleep(0.5)
+    assert [pid for pid in children if os.path.exists(f"/proc/{pid}")] == []
+
+
+def test_farm_up_on_real_redis_and_postgresql(tmp_path):
+    redis_url = service_url("redis")
+    with fresh_postgres_database(service_url("database")) as database_url:
+        with farm_up(tmp_path / "data", broker_url=redis_url, database_url=database_url) as farm:
+            children = children_of(farm.process.pid)
+            render_and_check(farm.url)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
+
+
+def test_farm_up_with_rabbitmq_broker(tmp_path):
+    with farm_up(tmp_path / "data", broker_url=service_url("rabbitmq")) as farm:
+        render_and_check(farm.url)
+
+
+def test_restart_with_prompts_queued_loses_none_and_runs_none_twice(tmp_path):
+    data = tmp_path / "data"
+    submitted = []
+    with farm_up(data) as farm:
+        session = requests.Session()
+        for color in range(40):
+            answer = session.post(f"{farm.url}/prompt", timeout=10,
+                                  data=json.dumps({"prompt": invert_workflow(color=color, size=256)}))
+            submitted.append(answer.json()["prompt_id"])
+        remaining = requests.get(f"{farm.url}/prompt", timeout=5).json()["exec_info"]["queue_remaining"]
+        # SIGTERM now, with prompts still waiting (farm_up's exit stops the farm)
+    assert remaining > 0
+    with farm_up(data) as farm:
+        entries = [wait_history(farm.url, prompt_id) for prompt_id in submitted]
+    assert all(entry["status"]["status_str"] == "success" for entry in entries)
+    names = [entry["outputs"]["3"]["images"][0]["filename"] for entry in entries]
+    assert len(set(names)) == len(submitted)
+    assert sorted(os.listdir(data / "output")) == sorted(names)  # one file per prompt, none twice
+
+
+def test_farm_up_killed_leaves_no_orphans(tmp_path):
+    farm = start_farm_up(tmp_path / "data")
+    farm.wait_ready()
+    children = children_of(farm.process.pid)
+    assert len(children) >= 3
+    farm.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in children):
+        time.sleep(0.2)
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+             and open(f"/proc/{pid}/stat").read().split(") ", 1)[1].split()[0] != "Z"]
+    assert alive == []

@@ -1,0 +1,35 @@
+"""The Flask app: ComfyUI's HTTP API in front of the farm (`create_app(settings)`)."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+API_BLUEPRINTS = ("prompts", "history", "files", "system")
+
+
+def create_app(settings, *, context=None) -> Flask:
+    """Build the app for `settings`; `context` (a FarmContext) may be given by tests."""
+    from importlib import import_module
+
+    from farm.services.context import make_context
+    from web import errors
+
+    if context is None:
+        from farm.queue.celery_app import make_celery
+        from farm.queue.sender import CelerySender
+
+        sender = CelerySender(make_celery(settings)) if settings.broker_url else None
+        context = make_context(settings, sender=sender, background_dispatch=True)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False
+    app.json.compact = True
+    app.extensions["farm"] = context
+    errors.register(app)
+    for module_name in API_BLUEPRINTS:
+        blueprint = import_module(f"web.api.{module_name}").blueprint
+        # Every route answers both bare and under /api, as ComfyUI's server does.
+        app.register_blueprint(blueprint)
+        app.register_blueprint(blueprint, url_prefix="/api", name=f"api_{blueprint.name}")
+    return app

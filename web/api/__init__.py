@@ -1,0 +1,1 @@
+"""API blueprints, one per resource; each is registered under `/` and `/api`."""
