@@ -29,7 +29,7 @@ def plan_execution(prompt: dict, outputs: list[str]) -> list[str]:
             continue
         if node_id not in prompt:
             raise PlanError(f"node {node_id!r} is linked but not in the prompt")
-        needed.add(node_id); [needed.add(n) for n in prompt]
+        needed.add(node_id)
         stack.extend(upstream(prompt[node_id]))
 
     position = {node_id: index for index, node_id in enumerate(prompt)}

@@ -122,24 +122,26 @@ class _Checker:
     def valid(self, root: str) -> bool:
         # Iterative DFS: a node is checked after all of its (existing) upstream nodes.
         stack: list[tuple[str, bool]] = [(root, False)]
-        on_path: list[str] = []
+        on_path: list[str] = []  # the grey nodes, in order (for reporting a cycle)...
+        on_path_set: set[str] = set()  # ...and as a set, for constant-time membership
         while stack:
             node_id, expanded = stack.pop()
             if expanded:
-                on_path.pop()
+                on_path_set.discard(on_path.pop())
                 self.result[node_id] = self._check(node_id)
                 continue
             if node_id in self.result:
                 continue
-            if node_id in on_path:
+            if node_id in on_path_set:
                 continue  # reported by the cycle check below
             on_path.append(node_id)
+            on_path_set.add(node_id)
             stack.append((node_id, True))
             for _name, source in self.declared_links(node_id):
                 if not isinstance(source, str) or source not in self.prompt:
                     continue
                 # Before the memo check: a node already marked failed by one cycle can close another.
-                if source in on_path:
+                if source in on_path_set:
                     self._report_cycle(on_path[on_path.index(source):])
                     continue
                 if source in self.result:
