@@ -30,7 +30,7 @@ class Settings:
     events_url: str | None
     host: str = "127.0.0.1"
     port: int = 8188
-    web_processes: int = 1
+    web_processes: int = 2
     web_threads: int = 16
     max_upload_bytes: int = 100 * 1024 * 1024
     heartbeat_seconds: float = 2.0
@@ -90,7 +90,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         events_url=events_url,
         host=get("host", "127.0.0.1"),
         port=number("port", int, 8188),
-        web_processes=number("web_processes", int, 1),
+        web_processes=number("web_processes", int, min(2, os.cpu_count() or 1)),
         web_threads=number("web_threads", int, 16),
         max_upload_bytes=number("max_upload_bytes", int, 100 * 1024 * 1024),
         heartbeat_seconds=number("heartbeat_seconds", float, 2.0),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import re
+import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -43,6 +44,8 @@ class LocalStorage:
 
     def __init__(self, roots: dict[str, Path]):
         self.roots = {kind: Path(path) for kind, path in roots.items()}
+        self._next_counters: dict[tuple[Path, str], int] = {}
+        self._counter_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings) -> "LocalStorage":
@@ -85,23 +88,31 @@ class LocalStorage:
     def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes) -> str:
         """Write `data` as `<basename>_<NNNNN>_<suffix>` with the next free counter; return the name.
 
-        The counter continues after the highest existing one (ComfyUI's rule); the file is created
-        exclusively, so concurrent workers sharing the folder never overwrite each other.
+        The counter continues after the highest existing one (ComfyUI's rule). The folder is
+        scanned once per (folder, basename) and the next counter remembered, so saving stays
+        cheap in a folder of thousands of images; the file is created exclusively, so workers
+        sharing the folder never overwrite each other, and a stale memory only costs a rescan.
         """
         folder = self.folder(kind, subfolder)
         folder.mkdir(parents=True, exist_ok=True)
-        counter = self._next_counter(folder, basename)
-        while True:
-            filename = f"{basename}_{counter:05}_{suffix}"
-            try:
-                with open(folder / filename, "xb") as handle:
-                    handle.write(data)
-                return filename
-            except FileExistsError:
-                counter += 1
+        key = (folder, basename)
+        with self._counter_lock:
+            counter = self._next_counters.get(key) or self._scan_counter(folder, basename)
+            collisions = 0
+            while True:
+                filename = f"{basename}_{counter:05}_{suffix}"
+                try:
+                    with open(folder / filename, "xb") as handle:
+                        handle.write(data)
+                    self._next_counters[key] = counter + 1
+                    return filename
+                except FileExistsError:
+                    collisions += 1
+                    counter = counter + 1 if collisions < 8 else self._scan_counter(folder, basename)
+                    collisions = collisions if collisions < 8 else 0
 
     @staticmethod
-    def _next_counter(folder: Path, basename: str) -> int:
+    def _scan_counter(folder: Path, basename: str) -> int:
         pattern = re.compile(re.escape(basename) + r"_(\d+)_")
         highest = 0
         with os.scandir(folder) as entries:

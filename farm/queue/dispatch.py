@@ -25,6 +25,9 @@ from farm.queue.sender import Assignment
 log = logging.getLogger(__name__)
 
 
+_ANY_QUEUED = select(Prompt.prompt_id).where(Prompt.state == PromptState.QUEUED.value).limit(1)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -36,10 +39,10 @@ class Dispatcher:
         self.depth = settings.dispatch_depth
         self.worker_timeout = dt.timedelta(seconds=settings.worker_timeout_seconds)
 
-    def dispatch(self) -> list[Assignment]:
-        """Fill every idle live worker from the head of the queue; return what was sent."""
+    def dispatch(self, only: str | None = None) -> list[Assignment]:
+        """Fill every idle live worker (or just `only`) from the head of the queue; return what was sent."""
         sent: list[Assignment] = []
-        for worker in self._idle_workers():
+        for worker in self._idle_workers() if only is None else self._if_queued([only]):
             while True:
                 assignment = self._assign_one(worker)
                 if assignment is None:
@@ -49,9 +52,13 @@ class Dispatcher:
                 sent.append(assignment)
         return sent
 
+    def _if_queued(self, workers: list[str]) -> list[str]:
+        with self.database.reading() as session:
+            return workers if session.scalar(_ANY_QUEUED) is not None else []
+
     def _idle_workers(self) -> list[str]:
         with self.database.reading() as session:
-            if session.scalar(select(Prompt.prompt_id).where(Prompt.state == PromptState.QUEUED.value).limit(1)) is None:
+            if session.scalar(_ANY_QUEUED) is None:
                 return []
             alive_since = utcnow() - self.worker_timeout
             outstanding = (

@@ -25,6 +25,11 @@ class CelerySender:
         self.app = app
         self.front_priority, self.normal_priority = message_priorities(app.conf.broker_url)
 
+    def warm_up(self) -> None:
+        """Open a broker connection now, so the first prompt does not pay for it."""
+        with self.app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+
     def send(self, assignment: Assignment) -> None:
         self.app.send_task(
             EXECUTE_PROMPT,

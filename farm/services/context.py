@@ -21,6 +21,19 @@ class FarmContext:
     dispatcher: Dispatcher | None = None
     trigger: object | None = None  # DispatchTrigger in web processes
 
+    def warm_up(self) -> None:
+        """Connect to the database and the broker before the first request needs them."""
+        from sqlalchemy import text
+
+        with self.database.reading() as session:
+            session.execute(text("SELECT 1"))
+        sender = getattr(self.dispatcher, "sender", None)
+        if sender is not None and hasattr(sender, "warm_up"):
+            try:
+                sender.warm_up()
+            except Exception:  # noqa: BLE001 - a broker that is down now is retried on first use
+                pass
+
     def dispatch_soon(self) -> None:
         if self.trigger is not None:
             self.trigger.request()

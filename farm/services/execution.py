@@ -9,12 +9,32 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from farm.db.models import Prompt, PromptState
 from farm.queue.dispatch import utcnow
 
 log = logging.getLogger(__name__)
+
+_table = Prompt.__table__
+_OWNED = (
+    (_table.c.prompt_id == bindparam("p_id")) & (_table.c.attempt == bindparam("p_attempt"))
+    & (_table.c.worker == bindparam("p_worker")) & (_table.c.state == bindparam("p_state"))
+)
+# Built once: these run for every prompt, and building a statement costs more than running it.
+_CLAIM = update(_table).where(_OWNED).values(state=PromptState.RUNNING.value, started_at=bindparam("now"))
+_FINISH = update(_table).where(_OWNED).values(
+    state=bindparam("new_state"), outputs=bindparam("outputs"), messages=bindparam("messages"),
+    execution_error=bindparam("execution_error"), finished_at=bindparam("now"),
+)
+_CLAIMED_ROW = select(
+    _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
+    _table.c.client_id,
+).where(_table.c.prompt_id == bindparam("p_id"))
+
+
+def _owner(prompt_id: str, attempt: int, worker: str, state: PromptState) -> dict:
+    return {"p_id": prompt_id, "p_attempt": attempt, "p_worker": worker, "p_state": state.value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,31 +48,24 @@ class ClaimedPrompt:
 
 
 def claim(database, prompt_id: str, attempt: int, worker: str) -> ClaimedPrompt | None:
-    with database.write() as session:
-        claimed = session.execute(
-            update(Prompt)
-            .where(Prompt.prompt_id == prompt_id, Prompt.attempt == attempt, Prompt.worker == worker,
-                   Prompt.state == PromptState.DISPATCHED.value)
-            .values(state=PromptState.RUNNING.value, started_at=utcnow())
+    with database.write_connection() as connection:
+        claimed = connection.execute(
+            _CLAIM, {**_owner(prompt_id, attempt, worker, PromptState.DISPATCHED), "now": utcnow()}
         ).rowcount
         if not claimed:
             return None
-        row = session.execute(select(Prompt).where(Prompt.prompt_id == prompt_id)).scalar_one()
-        return ClaimedPrompt(row.prompt_id, row.attempt, row.prompt, row.extra_data, row.outputs_to_execute,
-                             row.client_id)
+        return ClaimedPrompt(*connection.execute(_CLAIMED_ROW, {"p_id": prompt_id}).one())
 
 
 def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, outputs: dict,
            messages: list, execution_error: dict | None) -> bool:
     """Write the history entry; False when this attempt no longer owns the prompt."""
-    with database.write() as session:
-        done = session.execute(
-            update(Prompt)
-            .where(Prompt.prompt_id == claimed.prompt_id, Prompt.attempt == claimed.attempt,
-                   Prompt.worker == worker, Prompt.state == PromptState.RUNNING.value)
-            .values(state=state.value, outputs=outputs, messages=messages, execution_error=execution_error,
-                    finished_at=utcnow())
-        ).rowcount
+    with database.write_connection() as connection:
+        done = connection.execute(_FINISH, {
+            **_owner(claimed.prompt_id, claimed.attempt, worker, PromptState.RUNNING),
+            "new_state": state.value, "outputs": outputs, "messages": messages,
+            "execution_error": execution_error, "now": utcnow(),
+        }).rowcount
     if not done:
         log.warning("result of %s attempt %s refused: the prompt was taken back", claimed.prompt_id, claimed.attempt)
     return bool(done)

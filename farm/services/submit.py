@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from farm.db.models import Counter, Prompt, PromptState
@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 
 # Credentials for API nodes: never stored (ComfyUI strips them from history too).
 SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
+
+# Built once: submission is the hot path, and building statements costs more than running them.
+_NEXT_NUMBER = (
+    update(Counter.__table__).where(Counter.__table__.c.name == "prompt_number")
+    .values(value=Counter.__table__.c.value + 1).returning(Counter.__table__.c.value)
+)
+_INSERT_PROMPT = insert(Prompt.__table__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +65,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
     elif not _canonical_uuid(prompt_id):
         return _refuse(errors.invalid_prompt_id(f"prompt_id {prompt_id!r} is not a lowercase hyphenated UUID"))
     else:
-        earlier = _earlier_answer(farm.database, prompt_id, request_hash(body))
+        earlier = _earlier_answer(farm.database, prompt_id, request_hash(body))  # a retry?
         if earlier is not None:
             return earlier
 
@@ -83,7 +90,8 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         return _refuse(validation.error, validation.node_errors)
 
     front = bool(body.get("front")) and given_number is None
-    row = Prompt(
+    body_hash = request_hash(body)
+    row = dict(
         prompt_id=prompt_id,
         front=front,
         client_id=str(body["client_id"]) if body.get("client_id") is not None else None,
@@ -91,32 +99,29 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         extra_data=extra_data,
         outputs_to_execute=validation.outputs,
         partial_execution_targets=targets,
-        request_hash=request_hash(body),
+        request_hash=body_hash,
         node_errors=validation.node_errors,
         state=PromptState.QUEUED.value,
         attempt=0,
         created_at=utcnow(),
     )
     try:
-        with farm.database.write() as session:
+        with farm.database.write_connection() as connection:
             if given_number is None:
-                counter = session.execute(
-                    update(Counter).where(Counter.name == "prompt_number")
-                    .values(value=Counter.value + 1).returning(Counter.value)
-                ).scalar_one()
-                row.number = -(counter - 1) if front else counter - 1
+                counter = connection.execute(_NEXT_NUMBER).scalar_one()
+                row["number"] = -(counter - 1) if front else counter - 1
             else:
-                row.number = given_number
-            session.add(row)
+                row["number"] = given_number
+            connection.execute(_INSERT_PROMPT, row)
     except IntegrityError:
         # The same prompt_id committed concurrently: answer as a retry would be answered.
-        earlier = _earlier_answer(farm.database, prompt_id, row.request_hash)
+        earlier = _earlier_answer(farm.database, prompt_id, body_hash)
         if earlier is None:
             raise
         return earlier
 
     farm.dispatch_soon()
-    return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row.number),
+    return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row["number"]),
                               "node_errors": validation.node_errors})
 
 

@@ -8,6 +8,7 @@ interrupted at the next node or sampler step and put back in the queue, so nothi
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -54,6 +55,9 @@ class WorkerRuntime:
         log.info("worker %s registered (%s)", self.name, self.info.device_name)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        self.context.warm_up()
+        gc.collect()
+        gc.freeze()  # start-up objects (torch, Celery) never need collecting: keep full collections short
         self.context.dispatcher.dispatch()
 
     def request_stop(self) -> None:
@@ -64,6 +68,7 @@ class WorkerRuntime:
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=10)
         workers.deregister(self.context.database, self.info)
+        self.bus.close()
         self.context.database.dispose()
         log.info("worker %s deregistered", self.name)
 
@@ -114,7 +119,7 @@ class WorkerRuntime:
         finally:
             self.info.current_prompt = None
         if not self._stopping.is_set():
-            self.context.dispatcher.dispatch()
+            self.context.dispatcher.dispatch(only=self.name)
 
     def _run(self, claimed, emit) -> ExecutionResult:
         try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from farm.config import load_settings, settings_environment
@@ -68,9 +66,16 @@ def test_unknown_kind_is_rejected(storage):
 def test_numbered_files_continue_the_counter_and_never_overwrite(storage):
     names = [storage.write_numbered("output", "s", "img", ".png", b"%d" % i) for i in range(3)]
     assert names == ["img_00001_.png", "img_00002_.png", "img_00003_.png"]
-    (storage.root("output") / "s" / "img_00009_.png").write_bytes(b"old")
-    assert storage.write_numbered("output", "s", "img", ".png", b"new") == "img_00010_.png"
-    assert Path(storage.root("output") / "s" / "img_00009_.png").read_bytes() == b"old"
+    folder = storage.root("output") / "s"
+    (folder / "img_00009_.png").write_bytes(b"old")
+    (folder / "img_00004_.png").write_bytes(b"other worker")
+    assert storage.write_numbered("output", "s", "img", ".png", b"new") == "img_00005_.png"
+    # A fresh process scans the folder and continues after the highest counter (ComfyUI's rule).
+    again = LocalStorage(storage.roots)
+    assert again.write_numbered("output", "s", "img", ".png", b"new") == "img_00010_.png"
+    assert (folder / "img_00009_.png").read_bytes() == b"old"
+    assert (folder / "img_00004_.png").read_bytes() == b"other worker"
+    assert storage.write_numbered("output", "s", "other", ".png", b"x") == "other_00001_.png"
 
 
 def test_prefix_split_and_escape():
