@@ -1,0 +1,96 @@
+"""The graph executor: order, values along links, outputs, errors and interrupts."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.graph.executor import GraphExecutor
+from farm.nodes.base import Interrupted
+from farm.nodes.registry import default_registry
+from farm.storage import LocalStorage
+from tests.nodepack import NODES
+
+
+@pytest.fixture
+def executor(tmp_path):
+    storage = LocalStorage({"output": tmp_path / "o", "input": tmp_path / "i", "temp": tmp_path / "t"})
+    return GraphExecutor(default_registry(extra=NODES), storage)
+
+
+PROMPT = {
+    "1": {"class_type": "Number", "inputs": {"value": 2}},
+    "2": {"class_type": "Number", "inputs": {"value": 3}},
+    "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+    "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+    "5": {"class_type": "Number", "inputs": {"value": 7}},
+    "6": {"class_type": "Show", "inputs": {"value": ["5", 0], "undeclared": 1}},
+}
+
+
+def run(executor, prompt, outputs, check_interrupt=lambda: None):
+    events = []
+    result = executor.execute("p1", prompt, outputs, {"extra_pnginfo": {"workflow": {"id": "w"}}},
+                              lambda event, data: events.append((event, data)), check_interrupt)
+    return result, events
+
+
+def test_runs_only_the_outputs_to_execute_in_dependency_order(executor):
+    result, events = run(executor, PROMPT, ["4"])
+    assert result.status == "success" and result.completed
+    assert [data["node"] for event, data in events if event == "executing"] == ["1", "2", "3", "4"]
+    assert result.outputs == {"4": {"text": ["5"], "node": ["4"], "nodes": [6], "pnginfo": [{"workflow": {"id": "w"}}]}}
+    assert [event for event, _ in events] == ["execution_start", "execution_cached", "executing", "executing",
+                                              "executing", "executing", "executed", "execution_success"]
+    assert [m[0] for m in result.messages] == ["execution_start", "execution_cached", "execution_success"]
+    executed = next(data for event, data in events if event == "executed")
+    assert executed == {"node": "4", "display_node": "4", "output": result.outputs["4"], "prompt_id": "p1"}
+
+
+def test_several_outputs_and_undeclared_constants_are_dropped(executor):
+    result, _ = run(executor, PROMPT, ["4", "6"])
+    assert result.outputs["6"]["text"] == ["7"] and result.outputs["4"]["text"] == ["5"]
+
+
+def test_a_node_exception_stops_the_prompt_with_comfyui_error_fields(executor):
+    prompt = {
+        "1": {"class_type": "Number", "inputs": {"value": 2}},
+        "2": {"class_type": "Number", "inputs": {"value": 3}},
+        "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+        "7": {"class_type": "Fail", "inputs": {"value": ["3", 0]}},
+        "8": {"class_type": "Show", "inputs": {"value": ["7", 0]}},
+        "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+    }
+    result, events = run(executor, prompt, ["8", "4"])
+    assert result.status == "error"
+    error = result.error
+    assert set(error) == {"prompt_id", "node_id", "node_type", "executed", "exception_message", "exception_type",
+                          "traceback", "current_inputs", "current_outputs", "timestamp"}
+    assert (error["node_id"], error["node_type"], error["exception_type"]) == ("7", "Fail", "ValueError")
+    assert error["exception_message"] == "cannot use 5\n"
+    assert error["executed"] == ["1", "2", "3"]
+    assert error["current_inputs"] == {"value": [5]}
+    assert any("cannot use" in line or "raise ValueError" in line for line in error["traceback"])
+    assert events[-1] == ("execution_error", error)
+    assert "4" not in result.outputs  # nothing runs after the first failure
+
+
+def test_progress_events_and_interrupt_between_steps(executor):
+    prompt = {"1": {"class_type": "Steps", "inputs": {"steps": 5}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    result, events = run(executor, prompt, ["2"])
+    progress = [data for event, data in events if event == "progress"]
+    assert progress[0] == {"value": 1, "max": 5, "prompt_id": "p1", "node": "1"} and len(progress) == 5
+
+    calls = []
+
+    def interrupt_on_third_check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted()
+
+    result, events = run(executor, prompt, ["2"], interrupt_on_third_check)
+    assert result.status == "interrupted"
+    event, data = events[-1]
+    assert event == "execution_interrupted"
+    assert (data["node_id"], data["node_type"], data["executed"]) == ("1", "Steps", [])
+    assert [m[0] for m in result.messages][-1] == "execution_interrupted"
