@@ -39,6 +39,8 @@ class Settings:
     max_attempts: int = 3
     dispatch_depth: int = 1
     history_max_items: int = 10000
+    # Workers yield the CPU to the API on a shared machine (as render farm agents do).
+    worker_nice: int = 5
 
     @property
     def embedded_redis_socket(self) -> Path:
@@ -99,6 +101,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         max_attempts=number("max_attempts", int, 3),
         dispatch_depth=number("dispatch_depth", int, 1),
         history_max_items=number("history_max_items", int, 10000),
+        worker_nice=number("worker_nice", int, 5),
     )
 
 
@@ -122,6 +125,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "FARM_MAX_ATTEMPTS": str(settings.max_attempts),
         "FARM_DISPATCH_DEPTH": str(settings.dispatch_depth),
         "FARM_HISTORY_MAX_ITEMS": str(settings.history_max_items),
+        "FARM_WORKER_NICE": str(settings.worker_nice),
     }
     if settings.broker_url:
         env["FARM_BROKER_URL"] = settings.broker_url

@@ -87,8 +87,8 @@ class Farm:
     def wait(self) -> int:
         """Block until asked to stop or a child dies; return the exit code for `farm up`."""
         while not self._stop.wait(0.5):
-            for child in [self.web, *self.workers]:
-                if child.poll() is not None:
+            for child in [self.web, *self.workers, self.redis]:
+                if child is not None and child.poll() is not None:
                     log.error("a farm process exited (code %s); stopping the farm", child.returncode)
                     return 1
         return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from farm.db.models import Prompt, PromptState, Worker
 from farm.queue.sender import Assignment
@@ -25,7 +25,43 @@ from farm.queue.sender import Assignment
 log = logging.getLogger(__name__)
 
 
-_ANY_QUEUED = select(Prompt.prompt_id).where(Prompt.state == PromptState.QUEUED.value).limit(1)
+# Statements built once: dispatch runs after every prompt and every submission.
+_prompts, _workers = Prompt.__table__, Worker.__table__
+_ACTIVE = [state.value for state in PromptState.active()]
+_ANY_QUEUED = select(_prompts.c.prompt_id).where(_prompts.c.state == PromptState.QUEUED.value).limit(1)
+_outstanding = (
+    select(_prompts.c.worker, func.count().label("n"))
+    .where(_prompts.c.state.in_(_ACTIVE)).group_by(_prompts.c.worker).subquery()
+)
+_LIVE_WORKERS = (
+    select(_workers.c.name, func.coalesce(_outstanding.c.n, 0))
+    .outerjoin(_outstanding, _outstanding.c.worker == _workers.c.name)
+    .where(_workers.c.last_seen >= bindparam("alive_since"))
+    .order_by(_workers.c.last_seen.desc())
+)
+_LOCK_WORKER = select(_workers.c.last_seen).where(_workers.c.name == bindparam("worker")).with_for_update()
+_COUNT_OUTSTANDING = (
+    select(func.count()).select_from(_prompts)
+    .where(_prompts.c.worker == bindparam("worker"), _prompts.c.state.in_(_ACTIVE))
+)
+_HEAD_OF_QUEUE = (
+    select(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front)
+    .where(_prompts.c.state == PromptState.QUEUED.value)
+    .order_by(_prompts.c.number, _prompts.c.prompt_id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_ASSIGN = (
+    update(_prompts).where(_prompts.c.prompt_id == bindparam("p_id"))
+    .values(state=PromptState.DISPATCHED.value, worker=bindparam("worker"), attempt=bindparam("new_attempt"),
+            dispatched_at=bindparam("now"))
+)
+_UNASSIGN = (
+    update(_prompts)
+    .where(_prompts.c.prompt_id == bindparam("p_id"), _prompts.c.attempt == bindparam("p_attempt"),
+           _prompts.c.state == PromptState.DISPATCHED.value)
+    .values(state=PromptState.QUEUED.value, worker=None, dispatched_at=None, attempt=_prompts.c.attempt - 1)
+)
 
 
 def utcnow() -> dt.datetime:
@@ -53,57 +89,31 @@ class Dispatcher:
         return sent
 
     def _if_queued(self, workers: list[str]) -> list[str]:
-        with self.database.reading() as session:
-            return workers if session.scalar(_ANY_QUEUED) is not None else []
+        with self.database.engine.connect() as connection:
+            return workers if connection.execute(_ANY_QUEUED).first() is not None else []
 
     def _idle_workers(self) -> list[str]:
-        with self.database.reading() as session:
-            if session.scalar(_ANY_QUEUED) is None:
+        with self.database.engine.connect() as connection:
+            if connection.execute(_ANY_QUEUED).first() is None:
                 return []
-            alive_since = utcnow() - self.worker_timeout
-            outstanding = (
-                select(Prompt.worker, func.count().label("n"))
-                .where(Prompt.state.in_([s.value for s in PromptState.active()]))
-                .group_by(Prompt.worker)
-                .subquery()
-            )
-            rows = session.execute(
-                select(Worker.name, func.coalesce(outstanding.c.n, 0))
-                .outerjoin(outstanding, outstanding.c.worker == Worker.name)
-                .where(Worker.last_seen >= alive_since)
-                .order_by(Worker.last_seen.desc())
-            ).all()
+            rows = connection.execute(_LIVE_WORKERS, {"alive_since": utcnow() - self.worker_timeout}).all()
         return [name for name, count in rows if count < self.depth]
 
     def _assign_one(self, worker_name: str) -> Assignment | None:
-        with self.database.write() as session:
-            worker = session.execute(
-                select(Worker).where(Worker.name == worker_name).with_for_update()
-            ).scalar_one_or_none()
-            if worker is None or worker.last_seen < utcnow() - self.worker_timeout:
+        now = utcnow()
+        with self.database.write_connection() as connection:
+            last_seen = connection.execute(_LOCK_WORKER, {"worker": worker_name}).scalar()
+            if last_seen is None or last_seen < now - self.worker_timeout:
                 return None
-            outstanding = session.scalar(
-                select(func.count()).select_from(Prompt).where(
-                    Prompt.worker == worker_name,
-                    Prompt.state.in_([s.value for s in PromptState.active()]),
-                )
-            )
-            if outstanding >= self.depth:
+            if connection.execute(_COUNT_OUTSTANDING, {"worker": worker_name}).scalar() >= self.depth:
                 return None
-            prompt = session.execute(
-                select(Prompt)
-                .where(Prompt.state == PromptState.QUEUED.value)
-                .order_by(Prompt.number, Prompt.prompt_id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).scalar_one_or_none()
-            if prompt is None:
+            head = connection.execute(_HEAD_OF_QUEUE).first()
+            if head is None:
                 return None
-            prompt.state = PromptState.DISPATCHED.value
-            prompt.worker = worker_name
-            prompt.attempt += 1
-            prompt.dispatched_at = utcnow()
-            return Assignment(prompt.prompt_id, prompt.attempt, worker_name, prompt.front)
+            attempt = head.attempt + 1
+            connection.execute(_ASSIGN, {"p_id": head.prompt_id, "worker": worker_name, "new_attempt": attempt,
+                                         "now": now})
+            return Assignment(head.prompt_id, attempt, worker_name, head.front)
 
     def _send(self, assignment: Assignment) -> bool:
         try:
@@ -111,15 +121,6 @@ class Dispatcher:
             return True
         except Exception:  # noqa: BLE001 - broker trouble must not lose the prompt
             log.exception("could not send prompt %s to %s; it stays queued", assignment.prompt_id, assignment.worker)
-            with self.database.write() as session:
-                session.execute(
-                    update(Prompt)
-                    .where(
-                        Prompt.prompt_id == assignment.prompt_id,
-                        Prompt.attempt == assignment.attempt,
-                        Prompt.state == PromptState.DISPATCHED.value,
-                    )
-                    .values(state=PromptState.QUEUED.value, worker=None, dispatched_at=None,
-                            attempt=Prompt.attempt - 1)
-                )
+            with self.database.write_connection() as connection:
+                connection.execute(_UNASSIGN, {"p_id": assignment.prompt_id, "p_attempt": assignment.attempt})
             return False

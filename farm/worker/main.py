@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from farm.worker.device import pin_device
@@ -16,6 +17,9 @@ def default_worker_name(gpu: int | None) -> str:
 
 def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str = "INFO", registry=None) -> None:
     pin_device(gpu)  # before anything imports torch
+    if settings.worker_nice and hasattr(os, "nice"):
+        # A prompt is batch work: under CPU contention the API (and its latency) comes first.
+        os.nice(settings.worker_nice)
 
     from celery import signals
 
