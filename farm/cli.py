@@ -16,6 +16,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on; FARM_PORT, default 8188")
 
 
+def _add_cors(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--enable-cors-header", nargs="?", const="*", metavar="ORIGIN",
+                        help="answer cross-origin requests from ORIGIN (default *) instead of checking the "
+                             "Origin header, as ComfyUI's flag does; FARM_ENABLE_CORS_HEADER")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="A render farm that speaks ComfyUI's API.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -23,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole farm on this machine (web, workers, embedded Redis)")
     _add_common(up)
     up.add_argument("--cpu", action="store_true", help="one CPU worker even when GPUs are present")
+    _add_cors(up)
 
     web = commands.add_parser("web", help="run the web server (API)")
     _add_common(web)
+    _add_cors(web)
 
     worker = commands.add_parser("worker", help="run one worker process")
     _add_common(worker)
@@ -44,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(data_dir=args.data_dir, models_dir=args.models_dir, host=args.host, port=args.port)
+    settings = load_settings(data_dir=args.data_dir, models_dir=args.models_dir, host=args.host, port=args.port,
+                             enable_cors_header=getattr(args, "enable_cors_header", None))
 
     if args.command == "up":
         from farm.supervisor import run_farm

@@ -11,7 +11,7 @@ from typing import Mapping
 MODEL_FOLDERS = (
     "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
     "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
-    "upscale_models", "hypernetworks", "photomaker", "classifiers",
+    "upscale_models", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders",
 )
 
 
@@ -41,6 +41,8 @@ class Settings:
     history_max_items: int = 10000
     # Workers yield the CPU to the API on a shared machine (as render farm agents do).
     worker_nice: int = 5
+    # ComfyUI's --enable-cors-header: the allowed origin ("*" for any); None keeps the origin check.
+    enable_cors_header: str | None = None
 
     @property
     def embedded_redis_socket(self) -> Path:
@@ -102,6 +104,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         dispatch_depth=number("dispatch_depth", int, 1),
         history_max_items=number("history_max_items", int, 10000),
         worker_nice=number("worker_nice", int, 5),
+        enable_cors_header=get("enable_cors_header"),
     )
 
 
@@ -131,4 +134,6 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         env["FARM_BROKER_URL"] = settings.broker_url
     if settings.events_url:
         env["FARM_EVENTS_URL"] = settings.events_url
+    if settings.enable_cors_header:
+        env["FARM_ENABLE_CORS_HEADER"] = settings.enable_cors_header
     return env

@@ -7,9 +7,12 @@ request (`..`, absolute paths, symlinks planted in a folder) reaches anything ou
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import os
 import re
+import secrets
+import shutil
 import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -28,6 +31,7 @@ class Storage(Protocol):
     def exists(self, kind: str, subfolder: str, filename: str) -> bool: ...
     def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes) -> str: ...
     def list_images(self, kind: str) -> list[str]: ...
+    def save_upload(self, kind: str, subfolder: str, filename: str, stream: BinaryIO, overwrite: bool) -> str: ...
 
 
 def split_prefix(prefix: str) -> tuple[str, str]:
@@ -122,12 +126,77 @@ class LocalStorage:
                     highest = max(highest, int(match.group(1)))
         return highest + 1
 
+    def save_upload(self, kind: str, subfolder: str, filename: str, stream: BinaryIO, overwrite: bool) -> str:
+        """Store an upload under `filename` in (kind, subfolder) with ComfyUI's naming rule; return the name.
+
+        With `overwrite` the file is replaced. Otherwise, while the name is taken, a file with the
+        same sha256 is reused as it is and anything else moves the upload on to "name (1).ext",
+        "name (2).ext", ... The bytes go to a hidden temporary file first and are linked in
+        exclusively, so a reader never sees half a file and two uploads never replace each other.
+        """
+        self.resolve(kind, subfolder, filename)  # reject a bad name before creating any folder
+        folder = self.folder(kind, subfolder)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Not tempfile: its files are private (0600), and workers may read uploads as another user.
+        temporary = folder / f".upload-{secrets.token_hex(8)}.tmp"
+        try:
+            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
+                digest = _copy_hashing(stream, handle)
+            stem, extension = os.path.splitext(filename)
+            candidate, number = filename, 0
+            while True:
+                target = self.resolve(kind, subfolder, candidate)
+                if overwrite:
+                    if target.is_dir():
+                        raise PathRejected(f"{candidate!r} is a folder")
+                    os.replace(temporary, target)
+                    return candidate
+                if not os.path.lexists(target):
+                    try:
+                        _link_exclusively(temporary, target)
+                        return candidate
+                    except FileExistsError:
+                        continue  # another upload took the name meanwhile: look at it again
+                if target.is_file() and _same_content(target, digest, temporary.stat().st_size):
+                    return candidate
+                number += 1
+                candidate = f"{stem} ({number}){extension}"
+        finally:
+            temporary.unlink(missing_ok=True)
+
     def list_images(self, kind: str) -> list[str]:
         root = self.root(kind)
         return sorted(
             entry.name for entry in os.scandir(root)
             if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
         )
+
+
+def _copy_hashing(source: BinaryIO, target: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := source.read(1 << 20):
+        digest.update(chunk)
+        target.write(chunk)
+    return digest.hexdigest()
+
+
+def _same_content(path: Path, digest: str, size: int) -> bool:
+    if path.stat().st_size != size:
+        return False
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest() == digest
+
+
+def _link_exclusively(source: Path, target: Path) -> None:
+    """Give `source`'s content the name `target`, failing with FileExistsError if it is taken."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        # Filesystems without hard links: an exclusive create still never replaces a file.
+        with open(source, "rb") as reader, open(target, "xb") as writer:
+            shutil.copyfileobj(reader, writer)
 
 
 def content_type(filename: str) -> str:

@@ -70,3 +70,23 @@ def client(settings, context):
     from web import create_app
 
     return create_app(settings, context=context).test_client()
+
+
+class RecordingControl:
+    """Stands in for Celery remote control where a test is about which prompts get interrupted."""
+
+    def __init__(self):
+        self.interrupted = []
+        self.freed = []
+
+    def interrupt(self, prompt_id, worker_name, host):
+        self.interrupted.append((prompt_id, worker_name))
+
+    def free(self, unload_models, free_memory):
+        self.freed.append((unload_models, free_memory))
+
+
+@pytest.fixture
+def control(context):
+    context.control = RecordingControl()
+    return context.control

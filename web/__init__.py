@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-API_BLUEPRINTS = ("prompts", "history", "files", "system")
+API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs")
 
 
 def create_app(settings, *, context=None) -> Flask:
@@ -12,14 +12,20 @@ def create_app(settings, *, context=None) -> Flask:
     from importlib import import_module
 
     from farm.services.context import make_context
-    from web import errors
+    from web import errors, security
 
     if context is None:
         from farm.queue.celery_app import make_celery
+        from farm.queue.control import WorkerControl
         from farm.queue.sender import CelerySender
 
-        sender = CelerySender(make_celery(settings)) if settings.broker_url else None
-        context = make_context(settings, sender=sender, background_dispatch=True)
+        celery = make_celery(settings) if settings.broker_url else None
+        context = make_context(
+            settings,
+            sender=CelerySender(celery) if celery else None,
+            control=WorkerControl(celery) if celery else None,
+            background_dispatch=True,
+        )
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
@@ -27,6 +33,7 @@ def create_app(settings, *, context=None) -> Flask:
     app.json.compact = True
     app.extensions["farm"] = context
     errors.register(app)
+    security.register(app, settings)
     for module_name in API_BLUEPRINTS:
         blueprint = import_module(f"web.api.{module_name}").blueprint
         # Every route answers both bare and under /api, as ComfyUI's server does.

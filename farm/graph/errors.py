@@ -66,11 +66,18 @@ def return_type_mismatch(name: str, config, received, expected, link) -> dict:
     )
 
 
-def inner_exception(name: str, config, link, exception_type: str, message: str) -> dict:
+def inner_exception(name: str, config, link, exception_type: str, message: str, trace=None) -> dict:
     return error(
         "exception_during_inner_validation", "Exception when validating inner node", message,
         {"input_name": name, "input_config": config, "exception_message": message,
-         "exception_type": exception_type, "traceback": [], "linked_node": link},
+         "exception_type": exception_type, "traceback": list(trace or []), "linked_node": link},
+    )
+
+
+def exception_during_validation(exception_type: str, message: str, trace) -> dict:
+    return error(
+        "exception_during_validation", "Exception when validating node", message,
+        {"exception_type": exception_type, "traceback": list(trace)},
     )
 
 

@@ -8,6 +8,7 @@ static cycle is reported as `dependency_cycle` instead of crashing.
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from typing import Any
 
 from farm.graph import errors
@@ -94,6 +95,7 @@ class _Checker:
         self.env = env
         self.result: dict[str, bool] = {}
         self.node_errors: dict[str, dict] = {}
+        self.exceptions: dict[str, tuple[str, str, list[str]]] = {}  # node id -> (type, message, traceback)
         self._schemas: dict[str, dict] = {}
 
     def schema(self, class_type: str) -> dict:
@@ -128,7 +130,7 @@ class _Checker:
             node_id, expanded = stack.pop()
             if expanded:
                 on_path_set.discard(on_path.pop())
-                self.result[node_id] = self._check(node_id)
+                self.result[node_id] = self._check_guarded(node_id)
                 continue
             if node_id in self.result:
                 continue
@@ -147,7 +149,23 @@ class _Checker:
                 if source in self.result:
                     continue
                 stack.append((source, False))
+        if root in self.exceptions and not self._reported_exception(root):
+            exception_type, message, trace = self.exceptions[root]
+            self.add_error(root, errors.exception_during_validation(exception_type, message, trace))
         return self.result[root]
+
+    def _check_guarded(self, node_id: str) -> bool:
+        """A node's own checks; an exception in them (a custom validator, say) fails the node."""
+        try:
+            return self._check(node_id)
+        except Exception as exception:  # noqa: BLE001 - reported in ComfyUI's error shape, not a 500
+            self.exceptions[node_id] = (
+                type(exception).__name__, str(exception), traceback.format_tb(exception.__traceback__))
+            return False
+
+    def _reported_exception(self, node_id: str) -> bool:
+        return any(error["type"].startswith("exception_during")
+                   for error in self.node_errors.get(node_id, {}).get("errors", []))
 
     def _report_cycle(self, cycle: list[str]) -> None:
         path = " -> ".join(f"{n} ({self.prompt[n]['class_type']})" for n in [*cycle, cycle[0]])
@@ -232,6 +250,9 @@ class _Checker:
         if not types_compatible(received, expected):
             self.add_error(node_id, errors.return_type_mismatch(name, config, received, expected, value))
             return False
+        if source in self.exceptions and not self._reported_exception(source):
+            exception_type, message, trace = self.exceptions[source]
+            self.add_error(source, errors.inner_exception(name, config, value, exception_type, message, trace))
         return self.result.get(source, False)
 
     def _check_constant(self, node_id: str, cls, name: str, config: list, inputs: dict) -> bool:
@@ -257,9 +278,15 @@ class _Checker:
         if "max" in options and _below(options["max"], value):
             self.add_error(node_id, errors.value_bigger_than_max(name, config, value, options["max"]))
             return False
-        if isinstance(expected, list) and value not in expected:
-            self.add_error(node_id, errors.value_not_in_list(name, config, value, expected))
-            return False
+        choices = expected if isinstance(expected, list) else None
+        if expected == "COMBO" and isinstance(options.get("options"), list) and not options.get("remote"):
+            choices = options["options"]  # the V3 form, checked as newer ComfyUI does
+        if choices is not None:
+            values = value if options.get("multiselect") and isinstance(value, list) else [value]
+            for item in values:
+                if item not in choices:
+                    self.add_error(node_id, errors.value_not_in_list(name, config, item, choices))
+                    return False
         return True
 
 

@@ -59,6 +59,8 @@ class Node:
     RETURN_NAMES: ClassVar[tuple | None] = None
     OUTPUT_TOOLTIPS: ClassVar[tuple | None] = None
     OUTPUT_IS_LIST: ClassVar[tuple | None] = None
+    DEPRECATED: ClassVar[bool] = False
+    EXPERIMENTAL: ClassVar[bool] = False
     # Inputs checked by `validate_input` instead of the type, range and combo checks.
     CUSTOM_VALIDATED_INPUTS: ClassVar[tuple[str, ...]] = ()
 
@@ -100,4 +102,8 @@ class Node:
         }
         if cls.OUTPUT_TOOLTIPS is not None:
             entry["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
+        # Only when true: V1 clients read an absent flag as false.
+        for key, flag in (("deprecated", cls.DEPRECATED), ("experimental", cls.EXPERIMENTAL)):
+            if flag:
+                entry[key] = True
         return entry

@@ -20,6 +20,7 @@ class FarmContext:
     node_env: NodeEnvironment
     dispatcher: Dispatcher | None = None
     trigger: object | None = None  # DispatchTrigger in web processes
+    control: object | None = None  # WorkerControl: interrupt and free on workers
 
     def warm_up(self) -> None:
         """Connect to the database and the broker before the first request needs them."""
@@ -41,7 +42,8 @@ class FarmContext:
             self.dispatcher.dispatch()
 
 
-def make_context(settings, *, registry: NodeRegistry | None = None, sender=None, background_dispatch=False) -> FarmContext:
+def make_context(settings, *, registry: NodeRegistry | None = None, sender=None, control=None,
+                 background_dispatch=False) -> FarmContext:
     """Wire the database, nodes, storage and (when a sender is given) the dispatcher."""
     from farm.queue.trigger import DispatchTrigger
 
@@ -53,6 +55,7 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
         registry=registry or default_registry(),
         storage=storage,
         node_env=NodeEnvironment(storage, settings.models_dir),
+        control=control,
     )
     if sender is not None:
         context.dispatcher = Dispatcher(database, sender, settings)

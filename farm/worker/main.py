@@ -22,8 +22,10 @@ def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str
         os.nice(settings.worker_nice)
 
     from celery import signals
+    from celery.worker.control import control_command
 
     from farm.queue.celery_app import EXECUTE_PROMPT, make_celery, worker_queue
+    from farm.queue.control import FREE, INTERRUPT
     from farm.worker.runtime import WorkerRuntime
 
     name = name or default_worker_name(gpu)
@@ -34,6 +36,16 @@ def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str
     @app.task(name=EXECUTE_PROMPT, ignore_result=True)
     def execute_prompt(prompt_id: str, attempt: int) -> None:
         runtime.execute(prompt_id, attempt)
+
+    @control_command(name=INTERRUPT, args=[("prompt_id", str)], signature="<prompt_id>")
+    def interrupt(state, prompt_id: str) -> dict:
+        runtime.interrupt(prompt_id)
+        return {"ok": "interrupt requested"}
+
+    @control_command(name=FREE, args=[("unload_models", bool), ("free_memory", bool)])
+    def free(state, unload_models: bool = False, free_memory: bool = False) -> dict:
+        runtime.request_free(bool(unload_models), bool(free_memory))
+        return {"ok": "free requested"}
 
     signals.worker_ready.connect(lambda **_: runtime.start(), weak=False)
     signals.worker_shutting_down.connect(lambda **_: runtime.request_stop(), weak=False)

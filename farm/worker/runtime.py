@@ -8,6 +8,7 @@ interrupted at the next node or sampler step and put back in the queue, so nothi
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
@@ -46,6 +47,11 @@ class WorkerRuntime:
         )
         self._stopping = threading.Event()
         self._interrupt = threading.Event()
+        # Interrupts can arrive before the prompt starts here (it was only dispatched): remember them.
+        self._interrupt_requests: collections.deque[str] = collections.deque(maxlen=1024)
+        self._state_lock = threading.Lock()
+        self._execution_lock = threading.Lock()
+        self._pending_free = (False, False)
         self._heartbeat_thread: threading.Thread | None = None
 
     # lifecycle ----------------------------------------------------------------------------
@@ -72,8 +78,38 @@ class WorkerRuntime:
         self.context.database.dispose()
         log.info("worker %s deregistered", self.name)
 
-    def interrupt(self) -> None:
-        self._interrupt.set()
+    def interrupt(self, prompt_id: str) -> None:
+        """Interrupt `prompt_id` if it runs here now, or as soon as it starts here."""
+        with self._state_lock:
+            self._interrupt_requests.append(prompt_id)
+            if self.info.current_prompt == prompt_id:
+                self._interrupt.set()
+        log.info("interrupt requested for %s", prompt_id)
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """POST /free: act now when idle, otherwise right after the running prompt."""
+        with self._state_lock:
+            self._pending_free = (self._pending_free[0] or unload_models, self._pending_free[1] or free_memory)
+        if self._execution_lock.acquire(blocking=False):
+            try:
+                self._apply_free()
+            finally:
+                self._execution_lock.release()
+
+    def _apply_free(self) -> None:
+        with self._state_lock:
+            unload_models, free_memory = self._pending_free
+            self._pending_free = (False, False)
+        if not (unload_models or free_memory):
+            return
+        # Models and node outputs are not cached across prompts yet; what can be given back is the
+        # allocator's cached memory.
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("freed memory (unload_models=%s, free_memory=%s)", unload_models, free_memory)
 
     def _refresh_info(self) -> None:
         for key, value in device_report().items():
@@ -96,12 +132,23 @@ class WorkerRuntime:
             raise Interrupted()
 
     def execute(self, prompt_id: str, attempt: int) -> None:
+        with self._execution_lock:
+            self._execute(prompt_id, attempt)
+            self._apply_free()
+        if not self._stopping.is_set():
+            self.context.dispatcher.dispatch(only=self.name)
+
+    def _execute(self, prompt_id: str, attempt: int) -> None:
         claimed = execution.claim(self.context.database, prompt_id, attempt, self.name)
         if claimed is None:
             log.info("dropping stale message for %s attempt %s", prompt_id, attempt)
             return
-        self._interrupt.clear()
-        self.info.current_prompt = prompt_id
+        with self._state_lock:
+            self.info.current_prompt = prompt_id
+            # ComfyUI clears the flag when a prompt starts: an interrupt never carries over.
+            self._interrupt.clear()
+            if prompt_id in self._interrupt_requests:
+                self._interrupt.set()
 
         def emit(event: str, data: dict) -> None:
             self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
@@ -117,9 +164,8 @@ class WorkerRuntime:
             self._finish(claimed, state, result)
             emit("executing", {"node": None, "prompt_id": prompt_id})
         finally:
-            self.info.current_prompt = None
-        if not self._stopping.is_set():
-            self.context.dispatcher.dispatch(only=self.name)
+            with self._state_lock:
+                self.info.current_prompt = None
 
     def _run(self, claimed, emit) -> ExecutionResult:
         try:

@@ -535,3 +535,89 @@ def test_long_chain_reports_the_error_at_its_far_end(env):
     result = run(prompt, env)
     assert result.error == failed("")
     assert result.node_errors == {"0": entry([too_small("width", WIDTH_CONFIG, 0, 1)], ["out"], "EmptyImage")}
+
+
+class Exploding(Node):
+    """A test node whose custom validation raises."""
+
+    OUTPUT_NODE = True
+    CUSTOM_VALIDATED_INPUTS = ("text",)
+
+    @classmethod
+    def input_types(cls, env):
+        return {"required": {"text": ["STRING"]}, "optional": {"value": ["INT"]}}
+
+    @classmethod
+    def validate_input(cls, env, name, value):
+        raise RuntimeError(f"cannot check {value}")
+
+
+class Passing(Node):
+    """A test node that raises during validation and feeds others."""
+
+    RETURN_TYPES = ("INT",)
+    CUSTOM_VALIDATED_INPUTS = ("seed",)
+
+    @classmethod
+    def input_types(cls, env):
+        return {"required": {"seed": ["INT"]}}
+
+    @classmethod
+    def validate_input(cls, env, name, value):
+        raise ValueError("no seeds today")
+
+
+class PickV3(Node):
+    OUTPUT_NODE = True
+
+    @classmethod
+    def input_types(cls, env):
+        return {"required": {"mode": ["COMBO", {"options": ["a", "b"]}],
+                             "modes": ["COMBO", {"options": ["a", "b"], "multiselect": True}]}}
+
+
+def test_exception_in_an_output_node_is_exception_during_validation(tmp_path):
+    registry = default_registry(extra=[Exploding, Passing, PickV3])
+    env = NodeEnvironment(LocalStorage({k: tmp_path / k for k in ("output", "input", "temp")}))
+    result = validate_prompt({"1": {"class_type": "Exploding", "inputs": {"text": "x"}}}, registry, env)
+    assert result.error["type"] == "prompt_outputs_failed_validation"
+    (error,) = result.node_errors["1"]["errors"]
+    assert error["type"] == "exception_during_validation"
+    assert error["message"] == "Exception when validating node" and error["details"] == "cannot check x"
+    assert error["extra_info"]["exception_type"] == "RuntimeError" and error["extra_info"]["traceback"]
+
+
+class Consumer(Node):
+    OUTPUT_NODE = True
+
+    @classmethod
+    def input_types(cls, env):
+        return {"required": {"value": ["INT"]}}
+
+
+def test_exception_in_an_upstream_node_is_reported_on_it(tmp_path):
+    registry = default_registry(extra=[Passing, PickV3, Consumer])
+    env = NodeEnvironment(LocalStorage({k: tmp_path / k for k in ("output", "input", "temp")}))
+    prompt = {"1": {"class_type": "Passing", "inputs": {"seed": 3}},
+              "2": {"class_type": "PickV3", "inputs": {"mode": "a", "modes": {"__value__": ["a"]}}},
+              "3": {"class_type": "Consumer", "inputs": {"value": ["1", 0]}}}
+    result = validate_prompt(prompt, registry, env)
+    assert result.ok and result.outputs == ["2"]
+    (error,) = result.node_errors["1"]["errors"]
+    assert error["type"] == "exception_during_inner_validation" and error["details"] == "no seeds today"
+    assert error["extra_info"]["input_name"] == "value" and error["extra_info"]["linked_node"] == ["1", 0]
+    assert error["extra_info"]["exception_type"] == "ValueError"
+    assert result.node_errors["1"]["dependent_outputs"] == ["3"]
+
+
+def test_v3_combo_options_are_checked(tmp_path):
+    registry = default_registry(extra=[PickV3])
+    env = NodeEnvironment(LocalStorage({k: tmp_path / k for k in ("output", "input", "temp")}))
+    good = validate_prompt({"1": {"class_type": "PickV3", "inputs": {"mode": "b", "modes": {"__value__": ["a", "b"]}}}},
+                           registry, env)
+    assert good.ok
+    bad = validate_prompt({"1": {"class_type": "PickV3", "inputs": {"mode": "c", "modes": {"__value__": ["a"]}}}}, registry, env)
+    assert bad.node_errors["1"]["errors"][0]["details"] == "mode: 'c' not in ['a', 'b']"
+    bad = validate_prompt({"1": {"class_type": "PickV3", "inputs": {"mode": "a", "modes": {"__value__": ["a", "z"]}}}},
+                          registry, env)
+    assert bad.node_errors["1"]["errors"][0]["extra_info"]["received_value"] == "z"

@@ -1,8 +1,12 @@
-"""GET /view: files from storage, with ComfyUI's path rules and no inline active content."""
+"""GET /view: files from storage, with ComfyUI's path rules, previews and no inline active content."""
 
 from __future__ import annotations
 
-from flask import Blueprint, request, send_file
+import io
+from pathlib import Path
+
+from flask import Blueprint, Response, request, send_file
+from PIL import Image
 
 from farm.storage import KINDS, PathRejected, content_type
 from web.context import farm
@@ -14,6 +18,45 @@ blueprint = Blueprint("files", __name__)
 ACTIVE_TYPES = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml",
                 "text/javascript", "application/javascript", "text/css"}
 ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
+PREVIEW_FORMATS = ("webp", "jpeg")
+# Pillow refuses images over twice its pixel limit with this error instead of an OSError.
+UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class FileRefError(Exception):
+    """A file reference that fails ComfyUI's /view checks; carries the answer to give."""
+
+    def __init__(self, status: int, type_: str, message: str, details: str = ""):
+        super().__init__(message)
+        self.status, self.type, self.message, self.details = status, type_, message, details
+
+    def response(self):
+        return error_response(self.status, self.type, self.message, self.details)
+
+
+def locate(filename: str, kind: str, subfolder: str) -> tuple[Path, str]:
+    """The existing file named like /view names it, and its basename; the checks in ComfyUI's order."""
+    for annotation, annotated_kind in ANNOTATIONS.items():
+        if filename.endswith(annotation):
+            filename, kind = filename[: -len(annotation)], annotated_kind
+            break
+    if not filename or filename.startswith("/") or ".." in filename:
+        raise FileRefError(400, "invalid_filename", "Invalid filename", filename)
+    if kind not in KINDS:
+        raise FileRefError(400, "invalid_type", "Invalid file type", f"type must be one of {list(KINDS)}")
+    storage = farm().storage
+    try:
+        storage.folder(kind, subfolder)
+    except PathRejected as exception:
+        raise FileRefError(403, "forbidden", "Subfolder outside the storage", str(exception)) from None
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]  # ComfyUI keeps only the basename
+    try:
+        path = storage.resolve(kind, subfolder, name)
+    except PathRejected as exception:
+        raise FileRefError(403, "forbidden", "Path outside the storage", str(exception)) from None
+    if not path.is_file():
+        raise FileRefError(404, "not_found", "File not found", f"{kind}/{subfolder}/{name}".replace("//", "/"))
+    return path, name
 
 
 @blueprint.get("/view")
@@ -21,28 +64,26 @@ def view():
     filename = request.args.get("filename")
     if filename is None:
         return error_response(404, "not_found", "No filename given", "the filename parameter is required")
-    kind = request.args.get("type", "output")
-    for annotation, annotated_kind in ANNOTATIONS.items():
-        if filename.endswith(annotation):
-            filename, kind = filename[: -len(annotation)], annotated_kind
-            break
-    if not filename or filename.startswith("/") or ".." in filename:
-        return error_response(400, "invalid_filename", "Invalid filename", filename)
-    if kind not in KINDS:
-        return error_response(400, "invalid_type", "Invalid file type", f"type must be one of {list(KINDS)}")
-    storage = farm().storage
-    subfolder = request.args.get("subfolder", "")
     try:
-        storage.folder(kind, subfolder)
-    except PathRejected as exception:
-        return error_response(403, "forbidden", "Subfolder outside the storage", str(exception))
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1]  # ComfyUI keeps only the basename
-    try:
-        path = storage.resolve(kind, subfolder, name)
-    except PathRejected as exception:
-        return error_response(403, "forbidden", "Path outside the storage", str(exception))
-    if not path.is_file():
-        return error_response(404, "not_found", "File not found", f"{kind}/{subfolder}/{name}".replace("//", "/"))
+        path, name = locate(filename, request.args.get("type", "output"), request.args.get("subfolder", ""))
+    except FileRefError as failure:
+        return failure.response()
+
+    preview, channel = request.args.get("preview"), request.args.get("channel", "rgba")
+    if preview is not None or channel in ("rgb", "a"):
+        try:
+            with Image.open(path) as image:
+                if preview is not None:
+                    body, fmt = _preview(image, preview, request.args.get("channel", ""))
+                else:
+                    body, fmt = _channel(image, channel), "png"
+        except UNREADABLE_IMAGE as exception:
+            return error_response(400, "invalid_image", "The file is not an image that can be converted",
+                                  f"{name}: {exception}")
+        response = Response(body, mimetype=f"image/{fmt}")
+        response.headers["Content-Disposition"] = f'filename="{name}"'
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     mimetype = content_type(name)
     active = mimetype in ACTIVE_TYPES
@@ -52,3 +93,34 @@ def view():
     response.headers["Content-Disposition"] = f'{disposition}filename="{name}"'
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _preview(image: Image.Image, preview: str, channel: str) -> tuple[bytes, str]:
+    """`preview=<fmt>[;<quality>]`: webp or jpeg (webp when unknown or an alpha channel is asked)."""
+    parts = preview.split(";")
+    fmt = parts[0] if parts[0] in PREVIEW_FORMATS and "a" not in channel else "webp"
+    quality = int(parts[-1]) if parts[-1].isdigit() else 90
+    if fmt == "jpeg" or channel == "rgb":
+        image = image.convert("RGB")
+    elif image.mode not in ("RGB", "RGBA"):
+        # Palette, grey and 16-bit images: WebP takes 8-bit RGB(A) only.
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=quality)
+    return buffer.getvalue(), fmt
+
+
+def _channel(image: Image.Image, channel: str) -> bytes:
+    """`channel=rgb`: the image without alpha; `channel=a`: black with the image's alpha (255 if none)."""
+    if channel == "rgb":
+        result = image.convert("RGB")
+    else:
+        if image.has_transparency_data:
+            alpha = image.convert("RGBA").getchannel("A")
+        else:
+            alpha = Image.new("L", image.size, 255)
+        result = Image.new("RGBA", image.size, (0, 0, 0, 0))
+        result.putalpha(alpha)
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""GET /system_stats: the web host's system block and one device per live worker."""
+"""GET /system_stats (the web host and one device per live worker) and GET /features."""
 
 from __future__ import annotations
 
@@ -53,3 +53,8 @@ def system_stats():
             for worker in live
         ],
     })
+
+
+@blueprint.get("/features")
+def features():
+    return jsonify({"supports_preview_metadata": True, "max_upload_size": farm().settings.max_upload_bytes})

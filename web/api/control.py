@@ -1,0 +1,79 @@
+"""POST /queue, /interrupt, /history and /free: changing the queue, the history and the workers."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from farm.services import queue_control
+from web.context import BadJSON, farm, json_body
+from web.errors import error_response
+
+blueprint = Blueprint("control", __name__)
+
+
+def _id_list(body: dict, key: str):
+    """`delete` lists, as ComfyUI reads them: absent means nothing to delete."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"{key} must be a list of prompt ids")
+    return [str(item) for item in value]
+
+
+def _object_body() -> dict:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise BadJSON("the request body must be a JSON object")
+    return body
+
+
+@blueprint.post("/queue")
+def post_queue():
+    body = _object_body()
+    try:
+        to_delete = _id_list(body, "delete")
+    except ValueError as exception:
+        return error_response(400, "invalid_request", "Invalid queue request", str(exception))
+    context = farm()
+    if body.get("clear"):
+        queue_control.cancel_pending(context.database)
+    if to_delete:
+        queue_control.cancel_pending(context.database, to_delete)
+    return "", 200
+
+
+@blueprint.post("/interrupt")
+def post_interrupt():
+    try:
+        body = json_body(default={})
+    except BadJSON:
+        body = {}  # ComfyUI treats a missing or broken body as "interrupt everything"
+    prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+    queue_control.interrupt(farm(), str(prompt_id) if prompt_id else None)
+    return "", 200
+
+
+@blueprint.post("/history")
+def post_history():
+    body = _object_body()
+    try:
+        to_delete = _id_list(body, "delete")
+    except ValueError as exception:
+        return error_response(400, "invalid_request", "Invalid history request", str(exception))
+    context = farm()
+    if body.get("clear"):
+        queue_control.delete_history(context.database)
+    if to_delete:
+        queue_control.delete_history(context.database, to_delete)
+    return "", 200
+
+
+@blueprint.post("/free")
+def post_free():
+    body = _object_body()
+    unload_models, free_memory = bool(body.get("unload_models")), bool(body.get("free_memory"))
+    context = farm()
+    if (unload_models or free_memory) and context.control is not None:
+        context.control.free(unload_models, free_memory)
+    return "", 200

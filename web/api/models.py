@@ -1,0 +1,34 @@
+"""GET /models, /models/<folder>, /embeddings and /extensions: what the frontend lists in its menus."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from farm import models
+from web.context import farm
+from web.errors import error_response
+
+blueprint = Blueprint("models", __name__)
+
+
+@blueprint.get("/models")
+def folder_types():
+    return jsonify(models.folder_types())
+
+
+@blueprint.get("/models/<folder>")
+def model_files(folder: str):
+    if not models.is_folder_type(folder):
+        return error_response(404, "not_found", "Unknown model folder", folder)
+    return jsonify(models.model_files(farm().settings.models_dir, folder))
+
+
+@blueprint.get("/embeddings")
+def embeddings():
+    return jsonify(models.embedding_names(farm().settings.models_dir))
+
+
+@blueprint.get("/extensions")
+def extensions():
+    # The farm serves no frontend, so there are no frontend extension scripts to load.
+    return jsonify([])
