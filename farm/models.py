@@ -60,7 +60,26 @@ def model_files(models_dir: str | os.PathLike, folder: str) -> list[str]:
 
 def embedding_names(models_dir: str | os.PathLike) -> list[str]:
     """The embeddings' relative paths without their extension, as /embeddings lists them."""
-    return [os.path.splitext(path)[0] for path in model_files(models_dir, "embeddings")]
+    return strip_extensions(model_files(models_dir, "embeddings"))
+
+
+def strip_extensions(paths: list[str]) -> list[str]:
+    return [os.path.splitext(path)[0] for path in paths]
+
+
+def inventory(models_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Every folder type that holds model files, with its files (what a worker reports)."""
+    return {folder: files for folder in MODEL_FOLDERS if (files := model_files(models_dir, folder))}
+
+
+class LocalModelInventory:
+    """The model files of this host's models folder (workers, and a web with no live worker)."""
+
+    def __init__(self, models_dir: str | os.PathLike | None):
+        self.models_dir = models_dir
+
+    def files(self, folder: str) -> list[str]:
+        return model_files(self.models_dir, folder) if self.models_dir is not None else []
 
 
 def _inside(path: Path, root: Path) -> bool:

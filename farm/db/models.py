@@ -112,6 +112,8 @@ class Worker(Base):
     ram_total: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     ram_free: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     loaded_models: Mapped[list] = mapped_column(JSONType, nullable=False, default=list)
+    # {folder type: [relative paths]}: the model files this worker can load (validation combos).
+    model_files: Mapped[dict] = mapped_column(JSONType, nullable=False, default=dict, server_default="{}")
     current_prompt: Mapped[str | None] = mapped_column(String(255))
     version: Mapped[str] = mapped_column(String(64), nullable=False)
     python_version: Mapped[str] = mapped_column(Text, nullable=False, default="")

@@ -36,14 +36,21 @@ class RunContext:
 
 
 class NodeEnvironment:
-    """What schemas may depend on: the files in the input and models folders."""
+    """What schemas may depend on: the input files, and the model files the workers can load."""
 
-    def __init__(self, storage, models_dir=None):
+    def __init__(self, storage, models_dir=None, models=None):
+        from farm.models import LocalModelInventory
+
         self.storage = storage
         self.models_dir = models_dir
+        # Anything with files(folder): the workers' reports in the web, the local folder on a worker.
+        self.models = models if models is not None else LocalModelInventory(models_dir)
 
     def input_images(self) -> list[str]:
         return self.storage.list_images("input")
+
+    def model_files(self, folder: str) -> list[str]:
+        return self.models.files(folder)
 
 
 class Node:

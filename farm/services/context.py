@@ -43,18 +43,24 @@ class FarmContext:
 
 
 def make_context(settings, *, registry: NodeRegistry | None = None, sender=None, control=None,
-                 background_dispatch=False) -> FarmContext:
-    """Wire the database, nodes, storage and (when a sender is given) the dispatcher."""
+                 background_dispatch=False, models=None) -> FarmContext:
+    """Wire the database, nodes, storage and (when a sender is given) the dispatcher.
+
+    `models` says where model files are listed from: by default what the live workers report
+    (the web's view); workers pass their own folder.
+    """
     from farm.queue.trigger import DispatchTrigger
+    from farm.services.workers import WorkerModelInventory
 
     database = make_database(settings.database_url)
     storage = LocalStorage.from_settings(settings)
+    models = models if models is not None else WorkerModelInventory(database, settings)
     context = FarmContext(
         settings=settings,
         database=database,
         registry=registry or default_registry(),
         storage=storage,
-        node_env=NodeEnvironment(storage, settings.models_dir),
+        node_env=NodeEnvironment(storage, settings.models_dir, models),
         control=control,
     )
     if sender is not None:

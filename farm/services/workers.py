@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
+import time
 
 from sqlalchemy import delete, select, update
 
@@ -42,6 +44,7 @@ class WorkerInfo:
     ram_total: int = 0
     ram_free: int = 0
     loaded_models: list = dataclasses.field(default_factory=list)
+    model_files: dict = dataclasses.field(default_factory=dict)
     current_prompt: str | None = None
 
 
@@ -151,3 +154,46 @@ def live_workers(database, settings) -> list[Worker]:
     since = utcnow() - dt.timedelta(seconds=settings.worker_timeout_seconds)
     with database.reading() as session:
         return session.scalars(select(Worker).where(Worker.last_seen >= since).order_by(Worker.name)).all()
+
+
+class WorkerModelInventory:
+    """The model files the live workers can load, merged per folder type (the web's view).
+
+    Web hosts need not mount the models folder: what can be validated and listed is what the
+    workers report. With no live worker the web falls back to its own models folder. Reads are
+    cached for `ttl` seconds, so validating a burst of prompts costs one query.
+    """
+
+    def __init__(self, database, settings, ttl: float = 2.0):
+        from farm.models import LocalModelInventory
+
+        self.database = database
+        self.settings = settings
+        self.ttl = ttl
+        self.local = LocalModelInventory(settings.models_dir)
+        self._cache: tuple[float, dict[str, list[str]] | None] | None = None
+        self._lock = threading.Lock()
+
+    def files(self, folder: str) -> list[str]:
+        merged = self._merged()
+        return self.local.files(folder) if merged is None else merged.get(folder, [])
+
+    def _merged(self) -> dict[str, list[str]] | None:
+        with self._lock:
+            if self._cache is None or time.monotonic() - self._cache[0] > self.ttl:
+                self._cache = (time.monotonic(), self._load())
+            return self._cache[1]
+
+    def _load(self) -> dict[str, list[str]] | None:
+        since = utcnow() - dt.timedelta(seconds=self.settings.worker_timeout_seconds)
+        with self.database.engine.connect() as connection:
+            reports = connection.execute(
+                select(Worker.__table__.c.model_files).where(Worker.__table__.c.last_seen >= since)
+            ).scalars().all()
+        if not reports:
+            return None
+        merged: dict[str, set[str]] = {}
+        for report in reports:
+            for folder, files in (report or {}).items():
+                merged.setdefault(folder, set()).update(files)
+        return {folder: sorted(files) for folder, files in merged.items()}

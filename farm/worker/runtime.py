@@ -23,6 +23,7 @@ import farm
 from farm.db.models import PromptState
 from farm.events import EventBus
 from farm.graph.executor import ExecutionResult, GraphExecutor, now_ms
+from farm.models import LocalModelInventory, inventory
 from farm.nodes.base import Interrupted
 from farm.queue.celery_app import worker_queue_name
 from farm.queue.sender import CelerySender
@@ -37,7 +38,8 @@ class WorkerRuntime:
     def __init__(self, settings, app, name: str, gpu: int | None, registry=None):
         self.settings = settings
         self.name = name
-        self.context = make_context(settings, registry=registry, sender=CelerySender(app))
+        self.context = make_context(settings, registry=registry, sender=CelerySender(app),
+                                    models=LocalModelInventory(settings.models_dir))
         self.executor = GraphExecutor(self.context.registry, self.context.storage, self.context.node_env)
         self.bus = EventBus(settings.events_url)
         self.info = workers.WorkerInfo(
@@ -53,6 +55,7 @@ class WorkerRuntime:
         self._execution_lock = threading.Lock()
         self._pending_free = (False, False)
         self._heartbeat_thread: threading.Thread | None = None
+        self._inventory_at = float("-inf")
 
     # lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +117,10 @@ class WorkerRuntime:
     def _refresh_info(self) -> None:
         for key, value in device_report().items():
             setattr(self.info, key, value)
+        # Walking a large (network) models folder is not free: look again every few heartbeats.
+        if time.monotonic() - self._inventory_at > 10 * self.settings.heartbeat_seconds:
+            self.info.model_files = inventory(self.settings.models_dir)
+            self._inventory_at = time.monotonic()
 
     def _heartbeat_loop(self) -> None:
         while not self._stopping.wait(self.settings.heartbeat_seconds):

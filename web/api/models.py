@@ -1,4 +1,8 @@
-"""GET /models, /models/<folder>, /embeddings and /extensions: what the frontend lists in its menus."""
+"""GET /models, /models/<folder>, /embeddings and /extensions: what the frontend lists in its menus.
+
+Model files are those the live workers report they can load (the web host may not even mount
+the models folder); with no live worker, the web's own models folder.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ def folder_types():
 def model_files(folder: str):
     if not models.is_folder_type(folder):
         return error_response(404, "not_found", "Unknown model folder", folder)
-    return jsonify(models.model_files(farm().settings.models_dir, folder))
+    return jsonify(farm().node_env.model_files(folder))
 
 
 @blueprint.get("/embeddings")
 def embeddings():
-    return jsonify(models.embedding_names(farm().settings.models_dir))
+    return jsonify(models.strip_extensions(farm().node_env.model_files("embeddings")))
 
 
 @blueprint.get("/extensions")
