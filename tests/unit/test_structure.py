@@ -14,17 +14,25 @@ from farm.db.models import Base
 from farm.db.session import make_database
 
 
-def test_web_app_and_node_registry_never_import_torch_or_diffusers(tmp_path):
+def test_web_app_and_node_registry_never_import_torch_diffusers_or_worker_code(tmp_path):
     code = (
         "import sys\n"
         "from farm.config import load_settings\n"
         "from farm.nodes.registry import default_registry\n"
         "from web import create_app\n"
         f"settings = load_settings(env={{}}, data_dir={str(tmp_path)!r})\n"
+        "from farm.db.migrate import upgrade\n"
+        "upgrade(settings.database_url)\n"
         "app = create_app(settings)\n"
-        "app.test_client().get('/system_stats')\n"
+        "client = app.test_client()\n"
+        "for path in ('/system_stats', '/object_info', '/queue', '/history', '/models/checkpoints'):\n"
+        "    assert client.get(path).status_code == 200, path\n"
+        "prompt = {'1': {'class_type': 'EmptyImage', 'inputs': {}}, '2': {'class_type': 'SaveImage',\n"
+        "          'inputs': {'images': ['1', 0]}}}\n"
+        "assert client.post('/prompt', json={'prompt': prompt}).status_code == 400  # validated, refused\n"
         "default_registry()\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'numpy', 'safetensors'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'numpy', 'safetensors')\n"
+        "               or m.startswith(('farm.worker', 'farm.engine')))\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
