@@ -41,6 +41,8 @@ class Settings:
     history_max_items: int = 10000
     # Workers yield the CPU to the API on a shared machine (as render farm agents do).
     worker_nice: int = 5
+    # Bytes of loaded models a worker keeps on its device; None = 80% of the free memory at start.
+    model_cache_bytes: int | None = None
     # ComfyUI's --enable-cors-header: the allowed origin ("*" for any); None keeps the origin check.
     enable_cors_header: str | None = None
 
@@ -130,6 +132,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "FARM_HISTORY_MAX_ITEMS": str(settings.history_max_items),
         "FARM_WORKER_NICE": str(settings.worker_nice),
     }
+    if settings.model_cache_bytes is not None:
+        env["FARM_MODEL_CACHE_BYTES"] = str(settings.model_cache_bytes)
     if settings.broker_url:
         env["FARM_BROKER_URL"] = settings.broker_url
     if settings.events_url:

@@ -13,6 +13,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from farm.graph.cache import ExecutionCache
 from farm.graph.links import is_link
 from farm.graph.plan import plan_execution
 from farm.nodes.base import Interrupted, NodeEnvironment, RunContext
@@ -22,6 +23,11 @@ from farm.nodes.registry import NodeRegistry
 HISTORY_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted")
 
 Emit = Callable[[str, dict], None]
+
+OUT_OF_MEMORY_TIP = (
+    "This error means the worker ran out of GPU memory for this prompt. It freed its caches and "
+    "goes on with the next prompt; try a smaller resolution or batch size.\n"
+)
 
 
 @dataclasses.dataclass
@@ -52,10 +58,14 @@ def _describe(value: Any) -> Any:
 class GraphExecutor:
     """Executes prompts for one worker; `emit` receives every event in ComfyUI's order."""
 
-    def __init__(self, registry: NodeRegistry, storage, env: NodeEnvironment | None = None):
+    def __init__(self, registry: NodeRegistry, storage, env: NodeEnvironment | None = None, *,
+                 models=None, cache: ExecutionCache | None = None, on_out_of_memory: Callable[[], None] | None = None):
         self.registry = registry
         self.storage = storage
         self.env = env or NodeEnvironment(storage)
+        self.models = models
+        self.cache = cache
+        self.on_out_of_memory = on_out_of_memory
 
     def execute(
         self,
@@ -74,9 +84,12 @@ class GraphExecutor:
             emit(event, data)
 
         send("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
-        send("execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()})
+        signatures = self.cache.signatures(prompt) if self.cache is not None else {}
+        cached = self.cache.start_prompt(signatures) if self.cache is not None else []
+        send("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": now_ms()})
 
-        order = plan_execution(prompt, outputs_to_execute)
+        cached_set = set(cached)
+        order = plan_execution(prompt, outputs_to_execute, cached_set)
         values: dict[str, tuple] = {}
         outputs: dict[str, dict] = {}
         executed: list[str] = []
@@ -84,6 +97,15 @@ class GraphExecutor:
             node = prompt[node_id]
             class_type = node["class_type"]
             inputs: dict = {}
+            hit = self.cache.get(signatures[node_id]) if node_id in cached_set else None
+            if hit is not None:
+                values[node_id] = hit.values
+                if hit.ui is not None:
+                    outputs[node_id] = hit.ui
+                if node_id in outputs_to_execute:  # cached outputs still report their UI
+                    send("executed", {"node": node_id, "display_node": node_id, "output": hit.ui,
+                                      "prompt_id": prompt_id})
+                continue
             try:
                 check_interrupt()
                 send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})
@@ -96,6 +118,7 @@ class GraphExecutor:
                     check_interrupt=check_interrupt,
                     report_progress=lambda value, maximum, _node=node_id: self._progress(
                         send, check_interrupt, prompt_id, _node, value, maximum),
+                    models=self.models,
                 )
                 result = cls().run(ctx, **inputs)
             except Interrupted:
@@ -105,11 +128,17 @@ class GraphExecutor:
                 })
                 return ExecutionResult("interrupted", outputs, messages)
             except Exception as exception:  # noqa: BLE001 - any node failure fails the prompt, not the worker
-                payload = self._error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt)
+                out_of_memory = type(exception).__name__ == "OutOfMemoryError"
+                if out_of_memory and self.on_out_of_memory is not None:
+                    self.on_out_of_memory()  # free every cache so the next prompt starts clean
+                payload = self._error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt,
+                                              OUT_OF_MEMORY_TIP if out_of_memory else "")
                 send("execution_error", payload)
                 return ExecutionResult("error", outputs, messages, payload)
             values[node_id] = tuple(result.values)
             executed.append(node_id)
+            if self.cache is not None:
+                self.cache.put(signatures[node_id], values[node_id], result.ui)
             if result.ui is not None:
                 outputs[node_id] = result.ui
                 send("executed", {"node": node_id, "display_node": node_id, "output": result.ui, "prompt_id": prompt_id})
@@ -139,13 +168,13 @@ class GraphExecutor:
         return inputs
 
     @staticmethod
-    def _error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt) -> dict:
+    def _error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt, tip="") -> dict:
         return {
             "prompt_id": prompt_id,
             "node_id": node_id,
             "node_type": class_type,
             "executed": list(executed),
-            "exception_message": f"{exception}\n",
+            "exception_message": f"{exception}\n{tip}",
             "exception_type": _qualified_name(exception),
             "traceback": traceback.format_tb(exception.__traceback__),
             "current_inputs": {

@@ -15,11 +15,12 @@ def upstream(node: dict) -> list[str]:
     return [value[0] for value in node.get("inputs", {}).values() if is_link(value)]
 
 
-def plan_execution(prompt: dict, outputs: list[str]) -> list[str]:
+def plan_execution(prompt: dict, outputs: list[str], cached: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Needed node ids in an order where each node follows the nodes it links from.
 
-    Iterative (no recursion limit on deep graphs); among ready nodes the prompt's own order
-    wins, so runs are deterministic.
+    Nodes in `cached` come from the execution cache: they are in the plan, but what they link
+    from is not needed for them. Iterative (no recursion limit on deep graphs); among ready nodes
+    the prompt's own order wins, so runs are deterministic.
     """
     needed: set[str] = set()
     stack = [str(output) for output in outputs]
@@ -30,10 +31,11 @@ def plan_execution(prompt: dict, outputs: list[str]) -> list[str]:
         if node_id not in prompt:
             raise PlanError(f"node {node_id!r} is linked but not in the prompt")
         needed.add(node_id)
-        stack.extend(upstream(prompt[node_id]))
+        if node_id not in cached:
+            stack.extend(upstream(prompt[node_id]))
 
     position = {node_id: index for index, node_id in enumerate(prompt)}
-    waiting = {node_id: set(upstream(prompt[node_id])) for node_id in needed}
+    waiting = {node_id: set() if node_id in cached else set(upstream(prompt[node_id])) for node_id in needed}
     dependents: dict[str, list[str]] = {node_id: [] for node_id in needed}
     for node_id, sources in waiting.items():
         for source in sources:

@@ -33,6 +33,7 @@ class RunContext:
     storage: Any  # farm.storage.Storage
     check_interrupt: Callable[[], None] = lambda: None
     report_progress: Callable[[float, float], None] = lambda value, maximum: None
+    models: Any = None  # the worker's model cache (farm.engine.model_cache.ModelCache)
 
 
 class NodeEnvironment:
@@ -70,6 +71,8 @@ class Node:
     EXPERIMENTAL: ClassVar[bool] = False
     # Inputs checked by `validate_input` instead of the type, range and combo checks.
     CUSTOM_VALIDATED_INPUTS: ClassVar[tuple[str, ...]] = ()
+    # True when two runs with the same inputs may differ: the cache then keys on the node id too.
+    NOT_IDEMPOTENT: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -80,6 +83,12 @@ class Node:
     def input_types(cls, env: NodeEnvironment) -> dict:
         """ComfyUI's INPUT_TYPES: {"required": {name: [TYPE, {options}]}, "optional", "hidden"}."""
         return {"required": {}}
+
+    @classmethod
+    def fingerprint(cls, env: NodeEnvironment, inputs: dict):
+        """ComfyUI's IS_CHANGED: a value that changes when the node must run again although its
+        inputs did not (a file on disk that changed, say). Part of the execution-cache signature."""
+        return None
 
     @classmethod
     def validate_input(cls, env: NodeEnvironment, name: str, value) -> str | None:

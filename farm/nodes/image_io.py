@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import posixpath
 import random
@@ -124,6 +125,16 @@ class LoadImage(Node):
             except PathRejected:
                 pass
         return f"Invalid image file: {value}"
+
+    @classmethod
+    def fingerprint(cls, env, inputs):
+        """The file's sha256: editing the image makes the node load it again (ComfyUI's rule)."""
+        value = inputs.get("image")
+        try:
+            with env.storage.open(*image_reference(value)) as handle:
+                return hashlib.file_digest(handle, "sha256").hexdigest()
+        except (OSError, PathRejected, TypeError, ValueError):
+            return float("nan")  # unreadable: never equal, so never served from the cache
 
     def run(self, ctx, image):
         from farm.engine.images import load_image

@@ -22,6 +22,8 @@ import uuid
 import farm
 from farm.db.models import PromptState
 from farm.events import EventBus
+from farm.engine.model_cache import ModelCache
+from farm.graph.cache import ExecutionCache
 from farm.graph.executor import ExecutionResult, GraphExecutor, now_ms
 from farm.models import LocalModelInventory, inventory
 from farm.nodes.base import Interrupted
@@ -40,7 +42,12 @@ class WorkerRuntime:
         self.name = name
         self.context = make_context(settings, registry=registry, sender=CelerySender(app),
                                     models=LocalModelInventory(settings.models_dir))
-        self.executor = GraphExecutor(self.context.registry, self.context.storage, self.context.node_env)
+        self.models = ModelCache(settings.models_dir, device_budget=settings.model_cache_bytes)
+        self.execution_cache = ExecutionCache(self.context.registry, self.context.node_env)
+        self.executor = GraphExecutor(
+            self.context.registry, self.context.storage, self.context.node_env,
+            models=self.models, cache=self.execution_cache, on_out_of_memory=self._free_everything,
+        )
         self.bus = EventBus(settings.events_url)
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
@@ -105,18 +112,20 @@ class WorkerRuntime:
             self._pending_free = (False, False)
         if not (unload_models or free_memory):
             return
-        # Models and node outputs are not cached across prompts yet; what can be given back is the
-        # allocator's cached memory.
-        gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if free_memory:
+            self.execution_cache.clear()  # cached node outputs hold models and tensors too
+        self.models.clear()
         log.info("freed memory (unload_models=%s, free_memory=%s)", unload_models, free_memory)
+
+    def _free_everything(self) -> None:
+        """After running out of memory: start the next prompt with nothing cached."""
+        self.execution_cache.clear()
+        self.models.clear()
 
     def _refresh_info(self) -> None:
         for key, value in device_report().items():
             setattr(self.info, key, value)
+        self.info.loaded_models = self.models.report()
         # Walking a large (network) models folder is not free: look again every few heartbeats.
         if time.monotonic() - self._inventory_at > 10 * self.settings.heartbeat_seconds:
             self.info.model_files = inventory(self.settings.models_dir)
@@ -160,6 +169,7 @@ class WorkerRuntime:
         def emit(event: str, data: dict) -> None:
             self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
 
+        self.models.begin_prompt()
         try:
             result = self._run(claimed, emit)
             if result.status == "interrupted" and self._stopping.is_set():
@@ -171,6 +181,7 @@ class WorkerRuntime:
             self._finish(claimed, state, result)
             emit("executing", {"node": None, "prompt_id": prompt_id})
         finally:
+            self.models.end_prompt()
             with self._state_lock:
                 self.info.current_prompt = None
 

@@ -94,3 +94,84 @@ def test_progress_events_and_interrupt_between_steps(executor):
     assert event == "execution_interrupted"
     assert (data["node_id"], data["node_type"], data["executed"]) == ("1", "Steps", [])
     assert [m[0] for m in result.messages][-1] == "execution_interrupted"
+
+
+@pytest.fixture
+def cached_executor(tmp_path):
+    from farm.graph.cache import ExecutionCache
+
+    storage = LocalStorage({"output": tmp_path / "o", "input": tmp_path / "i", "temp": tmp_path / "t"})
+    registry = default_registry(extra=NODES)
+    executor = GraphExecutor(registry, storage)
+    executor.cache = ExecutionCache(registry, executor.env)
+    return executor
+
+
+def executed_nodes(events):
+    return [data["node"] for event, data in events if event == "executing"]
+
+
+def test_unchanged_nodes_are_not_run_again_and_are_reported_cached(cached_executor):
+    first, events = run(cached_executor, PROMPT, ["4"])
+    assert executed_nodes(events) == ["1", "2", "3", "4"]
+    second, events = run(cached_executor, PROMPT, ["4"])
+    assert executed_nodes(events) == []
+    assert next(data for event, data in events if event == "execution_cached")["nodes"] == ["1", "2", "3", "4"]
+    assert ("executed", {"node": "4", "display_node": "4", "output": first.outputs["4"], "prompt_id": "p1"}) in events
+    assert second.outputs == first.outputs and second.status == "success"
+
+
+def test_a_changed_constant_reruns_only_what_depends_on_it(cached_executor):
+    run(cached_executor, PROMPT, ["4", "6"])
+    changed = {**PROMPT, "2": {"class_type": "Number", "inputs": {"value": 4}}}
+    result, events = run(cached_executor, changed, ["4", "6"])
+    assert executed_nodes(events) == ["2", "3", "4"]
+    assert result.outputs["4"]["text"] == ["6"] and result.outputs["6"]["text"] == ["7"]
+    cached = next(data for event, data in events if event == "execution_cached")["nodes"]
+    assert cached == ["1", "5", "6"]
+
+
+def test_identical_subgraphs_share_results_whatever_their_ids(cached_executor):
+    run(cached_executor, PROMPT, ["4"])
+    renamed = {f"x{key}": {**node, "inputs": {k: [f"x{v[0]}", v[1]] if isinstance(v, list) else v
+                                              for k, v in node["inputs"].items()}}
+               for key, node in PROMPT.items()}
+    _, events = run(cached_executor, renamed, ["x4"])
+    assert executed_nodes(events) == []
+
+
+def test_results_survive_only_into_a_prompt_that_still_has_the_node(cached_executor):
+    run(cached_executor, PROMPT, ["4"])
+    other = {"9": {"class_type": "Number", "inputs": {"value": 9}},
+             "10": {"class_type": "Show", "inputs": {"value": ["9", 0]}}}
+    run(cached_executor, other, ["10"])
+    _, events = run(cached_executor, PROMPT, ["4"])
+    assert executed_nodes(events) == ["1", "2", "3", "4"]  # dropped when the other prompt started
+
+
+def test_a_failed_node_is_not_cached_but_what_ran_before_it_is(cached_executor):
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 2}},
+              "2": {"class_type": "Fail", "inputs": {"value": ["1", 0]}},
+              "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    run(cached_executor, prompt, ["3"])
+    result, events = run(cached_executor, prompt, ["3"])
+    assert executed_nodes(events) == ["2"] and result.status == "error"
+
+
+def test_load_image_runs_again_when_its_file_changes(tmp_path):
+    from PIL import Image
+
+    from farm.graph.cache import ExecutionCache
+
+    storage = LocalStorage({"output": tmp_path / "o", "input": tmp_path / "i", "temp": tmp_path / "t"})
+    executor = GraphExecutor(default_registry(), storage)
+    executor.cache = ExecutionCache(executor.registry, executor.env)
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(storage.root("input") / "in.png")
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    run(executor, prompt, ["2"])
+    _, events = run(executor, prompt, ["2"])
+    assert executed_nodes(events) == []
+    Image.new("RGB", (4, 4), (0, 255, 0)).save(storage.root("input") / "in.png")
+    _, events = run(executor, prompt, ["2"])
+    assert executed_nodes(events) == ["1", "2"]

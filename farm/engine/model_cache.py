@@ -1,0 +1,218 @@
+"""The worker's model cache: loaded checkpoints, VAEs and LoRA-patched models, kept under a budget.
+
+Invariants:
+- An entry is keyed by what makes it unique: the file (resolved path, size, modification time),
+  the component and, for patched models, the base entry and the sorted (LoRA file, strength)
+  list. A file that changes on disk is loaded again.
+- Entries live on the compute device while the device budget allows. The least recently used
+  entry not used by the running prompt is moved to host RAM first (second tier, its own budget),
+  and dropped from there last. A component used by the running prompt is never evicted.
+- `loads` counts loads from disk, so tests (and the heartbeat) can tell a cache hit from a load.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gc
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Entry:
+    value: Any  # a tuple of components (DiffusionModel / TextEncoders / Autoencoder ...)
+    bytes: int
+    label: str
+    on_device: bool = True
+
+
+def _modules(value) -> list:
+    """The torch modules inside a cached value (a component or a tuple of components)."""
+    found = []
+    for part in value if isinstance(value, tuple) else (value,):
+        if part is None:
+            continue
+        for attribute in ("unet", "vae"):
+            if hasattr(part, attribute):
+                found.append(getattr(part, attribute))
+        if hasattr(part, "encoders"):
+            found.extend(part.encoders.values())
+    return found
+
+
+def _size(value) -> int:
+    return sum(t.numel() * t.element_size() for m in _modules(value) for t in list(m.parameters()) + list(m.buffers()))
+
+
+def file_key(path: str | os.PathLike, component: str) -> tuple:
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return (str(resolved), stat.st_size, stat.st_mtime_ns, component)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_budgets(device: str) -> tuple[int, int]:
+    """(device budget, host-RAM budget): 80% of the free GPU memory, half of the available RAM."""
+    from farm.hostinfo import host_memory
+
+    _total, available = host_memory()
+    if device == "cpu":
+        return int(available * 0.5), 0
+    import torch
+
+    free, _total_vram = torch.cuda.mem_get_info()
+    return int(free * 0.8), int(available * 0.5)
+
+
+class ModelCache:
+    def __init__(self, models_dir: str | os.PathLike, device: str | None = None,
+                 device_budget: int | None = None, host_budget: int | None = None):
+        self.models_dir = Path(models_dir)
+        self.device = device or default_device()
+        budgets = default_budgets(self.device)
+        self.device_budget = budgets[0] if device_budget is None else device_budget
+        self.host_budget = budgets[1] if host_budget is None else host_budget
+        self.loads = 0
+        self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()
+        self._in_use: set[tuple] = set()
+        self._lock = threading.RLock()
+
+    # what nodes call --------------------------------------------------------------------------
+    def checkpoint(self, path: str | os.PathLike):
+        """(MODEL, CLIP, VAE) of a single-file checkpoint."""
+        from farm.engine.checkpoints import load_checkpoint
+
+        return self._get(file_key(path, "checkpoint"), Path(path).name,
+                         lambda: load_checkpoint(path, device=self.device, **self._dtypes()))
+
+    def vae(self, path: str | os.PathLike):
+        from farm.engine.checkpoints import load_vae
+
+        (autoencoder,) = self._get(file_key(path, "vae"), Path(path).name,
+                                   lambda: (load_vae(path, device=self.device, dtype=self._dtypes()["vae_dtype"]),))
+        return autoencoder
+
+    def with_loras(self, model, clip, patches) -> tuple:
+        """`model` and `clip` with LoRA `patches` applied, cached as their own entry."""
+        from farm.engine.loras import apply_loras
+
+        active = tuple(patch for patch in patches if patch.strength != 0)
+        if not active:
+            return model, clip
+        key = ("loras", model.key if model is not None else None, clip.key if clip is not None else None,
+               tuple(sorted((str(p.path), p.strength) for p in active)))
+        label = "+".join(Path(p.path).name for p in active)
+        return self._get(key, label, lambda: apply_loras(model, clip, active), counts_as_load=False)
+
+    def use(self, *components) -> None:
+        """Make sure these components (from this cache) are on the device and stay there for the
+        running prompt; a node calls this before computing with a MODEL, CLIP or VAE, which may
+        come from the execution cache after the model cache moved it to host RAM."""
+        with self._lock:
+            wanted = {id(component) for component in components if component is not None}
+            for key, entry in self._entries.items():
+                parts = entry.value if isinstance(entry.value, tuple) else (entry.value,)
+                if wanted & {id(part) for part in parts}:
+                    self._in_use.add(key)
+                    if not entry.on_device:
+                        self._move(entry, self.device)
+            self._fit()
+
+    # prompt boundaries -----------------------------------------------------------------------
+    def begin_prompt(self) -> None:
+        with self._lock:
+            self._in_use.clear()
+
+    def end_prompt(self) -> None:
+        with self._lock:
+            self._in_use.clear()
+            self._fit()
+
+    def clear(self) -> None:
+        """POST /free, or after running out of memory: drop every model."""
+        with self._lock:
+            self._entries.clear()
+            self._in_use.clear()
+        gc.collect()
+        self._empty_device_cache()
+
+    def report(self) -> list[dict]:
+        """What the heartbeat publishes: the loaded models, where they are, their size."""
+        with self._lock:
+            return [{"name": entry.label, "component": key[3] if len(key) > 3 and key[0] != "loras" else "loras",
+                     "bytes": entry.bytes, "device": self.device if entry.on_device else "cpu"}
+                    for key, entry in self._entries.items()]
+
+    # internals -------------------------------------------------------------------------------
+    def _dtypes(self) -> dict:
+        import torch
+
+        if self.device == "cpu":
+            return {"unet_dtype": torch.float32, "clip_dtype": torch.float32, "vae_dtype": torch.float32}
+        # fp16 UNet and text encoders; the SD/SDXL VAE overflows in fp16, so bf16 (or fp32).
+        vae_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return {"unet_dtype": torch.float16, "clip_dtype": torch.float16, "vae_dtype": vae_dtype}
+
+    def _get(self, key: tuple, label: str, load: Callable[[], Any], counts_as_load: bool = True):
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                value = load()
+                if counts_as_load:
+                    self.loads += 1
+                entry = _Entry(value, _size(value), label)
+                self._entries[key] = entry
+                log.info("loaded %s (%.1f MB)", label, entry.bytes / 2**20)
+            self._entries.move_to_end(key)
+            self._in_use.add(key)
+            if not entry.on_device:
+                self._move(entry, self.device)
+            self._fit()
+            return entry.value
+
+    def _fit(self) -> None:
+        """Evict least recently used entries not in use: device -> host RAM -> dropped."""
+        def used(on_device: bool) -> int:
+            return sum(e.bytes for e in self._entries.values() if e.on_device == on_device)
+
+        for key in list(self._entries):
+            if used(True) <= self.device_budget:
+                break
+            entry = self._entries[key]
+            if key in self._in_use or not entry.on_device:
+                continue
+            if self.device != "cpu" and entry.bytes <= self.host_budget:
+                self._move(entry, "cpu")
+            else:
+                del self._entries[key]
+                log.info("dropped %s from the model cache", entry.label)
+        for key in list(self._entries):
+            if used(False) <= self.host_budget:
+                break
+            entry = self._entries[key]
+            if not entry.on_device and key not in self._in_use:
+                del self._entries[key]
+                log.info("dropped %s from host memory", entry.label)
+        self._empty_device_cache()
+
+    def _move(self, entry: _Entry, device: str) -> None:
+        for module in _modules(entry.value):
+            module.to(device)
+        entry.on_device = device == self.device
+
+    def _empty_device_cache(self) -> None:
+        if self.device != "cpu":
+            import torch
+
+            torch.cuda.empty_cache()
