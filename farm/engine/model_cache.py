@@ -47,7 +47,15 @@ def _modules(value) -> list:
 
 
 def _size(value) -> int:
-    return sum(t.numel() * t.element_size() for m in _modules(value) for t in list(m.parameters()) + list(m.buffers()))
+    """Bytes of distinct storage: a LoRA-patched copy shares its unpatched weights with the base."""
+    seen, total = set(), 0
+    for module in _modules(value):
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            pointer = tensor.untyped_storage().data_ptr()
+            if pointer not in seen:
+                seen.add(pointer)
+                total += tensor.untyped_storage().nbytes()
+    return total
 
 
 def file_key(path: str | os.PathLike, component: str) -> tuple:
@@ -110,7 +118,10 @@ class ModelCache:
         active = tuple(patch for patch in patches if patch.strength != 0)
         if not active:
             return model, clip
-        key = ("loras", model.key if model is not None else None, clip.key if clip is not None else None,
+        # The inputs' own patches are part of the key: B on top of (base + A) is not B on base.
+        key = ("loras",
+               (model.key, model.loras) if model is not None else None,
+               (clip.key, clip.loras) if clip is not None else None,
                tuple(sorted((str(p.path), p.strength) for p in active)))
         label = "+".join(Path(p.path).name for p in active)
         return self._get(key, label, lambda: apply_loras(model, clip, active), counts_as_load=False)
@@ -120,10 +131,11 @@ class ModelCache:
         running prompt; a node calls this before computing with a MODEL, CLIP or VAE, which may
         come from the execution cache after the model cache moved it to host RAM."""
         with self._lock:
-            wanted = {id(component) for component in components if component is not None}
+            # Match on the torch modules: CLIPSetLastLayer and friends return new wrapper objects
+            # around the same cached modules.
+            wanted = {id(module) for module in _modules(tuple(components))}
             for key, entry in self._entries.items():
-                parts = entry.value if isinstance(entry.value, tuple) else (entry.value,)
-                if wanted & {id(part) for part in parts}:
+                if wanted & {id(module) for module in _modules(entry.value)}:
                     self._in_use.add(key)
                     if not entry.on_device:
                         self._move(entry, self.device)
@@ -160,9 +172,10 @@ class ModelCache:
 
         if self.device == "cpu":
             return {"unet_dtype": torch.float32, "clip_dtype": torch.float32, "vae_dtype": torch.float32}
-        # fp16 UNet and text encoders; the SD/SDXL VAE overflows in fp16, so bf16 (or fp32).
+        # fp16 UNet. Text encoders compute in fp32 as ComfyUI's do: keeping them fp32 avoids an
+        # upcast copy of their weights on every encode. The SD/SDXL VAE overflows in fp16: bf16.
         vae_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return {"unet_dtype": torch.float16, "clip_dtype": torch.float16, "vae_dtype": vae_dtype}
+        return {"unet_dtype": torch.float16, "clip_dtype": torch.float32, "vae_dtype": vae_dtype}
 
     def _get(self, key: tuple, label: str, load: Callable[[], Any], counts_as_load: bool = True):
         with self._lock:

@@ -27,6 +27,8 @@ class NodeRegistry(Mapping[str, type[Node]]):
 
 def default_registry(extra: Iterable[type[Node]] = ()) -> NodeRegistry:
     """Every node family the farm ships, plus `extra` classes (tests, plugins)."""
-    from farm.nodes import image, image_io
+    from farm.nodes import conditioning, image, image_io, latent, loaders, sampling, vae
 
-    return NodeRegistry([*image.NODES, *image_io.NODES, *extra])
+    # Roughly ComfyUI's own order (it lists nodes.py's classes starting with KSampler).
+    families = (sampling, loaders, conditioning, latent, vae, image, image_io)
+    return NodeRegistry([*(cls for family in families for cls in family.NODES), *extra])
