@@ -1,0 +1,194 @@
+"""The seed workflow through the farm's executor on a GPU: cold load, warm s/image, it/s, batch 4.
+
+Builds random-weight models with the real SD1.5 (and SDXL) architectures, saves them as
+single-file checkpoints in ComfyUI's layout, then times the README's seed workflow through the
+worker's GraphExecutor with its model and execution caches (the code path of a worker):
+- cold: load + first image (the checkpoint load is timed on its own too);
+- warm seconds per image (new seed each time, so sampling and decoding really run);
+- sampler it/s (from the KSampler's progress events);
+- batch 4 seconds per image; peak GPU memory;
+- knobs, as ratios measured in the same run: channels_last, and torch.compile of the UNet
+  (mode reduce-overhead: CUDA graphs; first call = compile time) when --compile is given.
+Prints one JSON line. Check it on a CPU first: `python bench/gpu_seed.py --tiny`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
+
+from farm.engine import ldm_layout as L  # noqa: E402
+from farm.engine.model_cache import ModelCache  # noqa: E402
+from farm.graph.cache import ExecutionCache  # noqa: E402
+from farm.graph.executor import GraphExecutor  # noqa: E402
+from farm.graph.validation import validate_prompt  # noqa: E402
+from farm.nodes.base import NodeEnvironment  # noqa: E402
+from farm.nodes.registry import default_registry  # noqa: E402
+from farm.storage import LocalStorage  # noqa: E402
+
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), cross_attention_dim=2048,
+                 attention_head_dim=[5, 10, 20], use_linear_projection=True, transformer_layers_per_block=[1, 2, 10],
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+TINY_UNET = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                 attention_head_dim=8, norm_num_groups=32, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+FULL_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=32)
+
+
+def clip(hidden: int, layers: int, heads: int, open_clip: bool, projection: int | None = None):
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                            hidden_act="gelu" if open_clip else "quick_gelu", projection_dim=projection or hidden)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def build_checkpoint(path: str, family: str, tiny: bool, device: str) -> None:
+    """Random weights in the real architecture, written in ComfyUI's single-file layout (fp16 on GPU)."""
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        if family == "sd15":
+            unet = UNet2DConditionModel(**(TINY_UNET if tiny else SD15_UNET))
+            encoders = {"l": clip(32, 2, 4, False) if tiny else clip(768, 12, 12, False)}
+        else:
+            unet = UNet2DConditionModel(**SDXL_UNET)
+            encoders = {"l": clip(768, 12, 12, False), "g": clip(1280, 32, 20, True, projection=1280)}
+        vae = AutoencoderKL(**(TINY_VAE if tiny else FULL_VAE))
+    half = lambda module: {k: v.to(dtype).cpu() for k, v in module.state_dict().items()}  # noqa: E731
+    state = L.unet_to_ldm(half(unet)) | L.vae_to_ldm(half(vae))
+    if family == "sd15":
+        state |= L.clip_l_to_ldm(half(encoders["l"]))
+    else:
+        state |= L.clip_l_to_ldm(half(encoders["l"]), prefix=L.SDXL_CLIP_L_PREFIX)
+        state |= L.open_clip_to_ldm(half(encoders["g"]), prefix=L.SDXL_OPENCLIP_PREFIX)
+    metadata = {"farm.arch": json.dumps({"clip_l": {"num_attention_heads": 4}})} if tiny else None
+    save_file({k: v.contiguous() for k, v in state.items()}, path, metadata=metadata)
+
+
+def seed_prompt(seed: int, size: int, steps: int, batch: int = 1) -> dict:
+    return {
+        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 8.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+                                                   "positive": ["6", 0], "negative": ["7", 0],
+                                                   "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "bench.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "bench", "images": ["8", 0]}},
+    }
+
+
+class Runner:
+    def __init__(self, folder: str, device: str):
+        storage = LocalStorage({k: os.path.join(folder, k) for k in ("output", "input", "temp")})
+        env = NodeEnvironment(storage, os.path.join(folder, "models"))
+        registry = default_registry()
+        self.models = ModelCache(env.models_dir, device=device)
+        self.executor = GraphExecutor(registry, storage, env, models=self.models, cache=ExecutionCache(registry, env))
+        self.device = device
+
+    def run(self, prompt: dict) -> dict:
+        """Seconds for the prompt, and the sampler's it/s from its progress events."""
+        validation = validate_prompt(prompt, self.executor.registry, self.executor.env)
+        assert validation.ok, validation.node_errors
+        steps = []
+        self.sync()
+        started = time.perf_counter()
+        result = self.executor.execute("bench", validation.prompt, validation.outputs, {},
+                                       lambda event, data: steps.append(time.perf_counter()) if event == "progress" else None)
+        self.sync()
+        elapsed = time.perf_counter() - started
+        assert result.status == "success", result.error
+        rate = (len(steps) - 1) / (steps[-1] - steps[0]) if len(steps) > 1 and steps[-1] > steps[0] else None
+        return {"seconds": elapsed, "it_per_s": rate}
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def unet(self):
+        (entry,) = [e for e in self.models._entries.values()]
+        return entry.value[0]
+
+
+def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: bool) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = 64 if tiny else (512 if family == "sd15" else 1024)
+    folder = tempfile.mkdtemp(prefix="farm-bench-")
+    os.makedirs(os.path.join(folder, "models", "checkpoints"))
+    started = time.perf_counter()
+    build_checkpoint(os.path.join(folder, "models", "checkpoints", "bench.safetensors"), family, tiny, device)
+    build_seconds = time.perf_counter() - started
+    runner = Runner(folder, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    load_started = time.perf_counter()
+    runner.models.checkpoint(os.path.join(folder, "models", "checkpoints", "bench.safetensors"))
+    load_seconds = time.perf_counter() - load_started
+    runner.models.clear()  # the cold run below loads it again, as a first prompt would
+    cold = runner.run(seed_prompt(0, size, steps))
+    warm = [runner.run(seed_prompt(seed, size, steps)) for seed in range(1, warm_runs + 1)]
+    batch = runner.run(seed_prompt(100, size, steps, batch=4))
+    result = {
+        "family": family, "size": size, "steps": steps, "device": device,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor(),
+        "build_checkpoint_s": round(build_seconds, 2), "load_s": round(load_seconds, 3),
+        "cold_s": round(cold["seconds"], 3),
+        "warm_s_per_image": round(sum(w["seconds"] for w in warm) / len(warm), 4),
+        "sampler_it_per_s": round(sum(w["it_per_s"] for w in warm) / len(warm), 2),
+        "batch4_s_per_image": round(batch["seconds"] / 4, 4),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+    }
+    unet = runner.unet().unet
+    unet.to(memory_format=torch.channels_last)
+    channels_last = [runner.run(seed_prompt(200 + seed, size, steps)) for seed in range(warm_runs)]
+    result["channels_last_s_per_image"] = round(sum(r["seconds"] for r in channels_last) / warm_runs, 4)
+    result["channels_last_speedup"] = round(result["warm_s_per_image"] / result["channels_last_s_per_image"], 3)
+    if compile_unet:
+        runner.unet().unet = torch.compile(unet, mode="reduce-overhead", fullgraph=False)
+        first = runner.run(seed_prompt(300, size, steps))
+        compiled = [runner.run(seed_prompt(301 + seed, size, steps)) for seed in range(warm_runs)]
+        result["compile_first_s"] = round(first["seconds"], 2)
+        result["compiled_s_per_image"] = round(sum(r["seconds"] for r in compiled) / warm_runs, 4)
+        result["compiled_it_per_s"] = round(sum(r["it_per_s"] for r in compiled) / warm_runs, 2)
+        result["compile_speedup"] = round(result["warm_s_per_image"] / result["compiled_s_per_image"], 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=("sd15", "sdxl", "both"), default="sd15")
+    parser.add_argument("--tiny", action="store_true", help="tiny models at 64x64: the CPU check of this script")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warm-runs", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time the UNet under torch.compile")
+    args = parser.parse_args()
+    families = ("sd15", "sdxl") if args.family == "both" else (args.family,)
+    if args.tiny and "sdxl" in families:
+        sys.exit("--tiny builds only the SD1.5 layout")
+    results = [measure(family, args.tiny, args.steps, args.warm_runs, args.compile) for family in families]
+    print(json.dumps({"seed_workflow": results, "torch": torch.__version__, "python": platform.python_version()}))
+
+
+if __name__ == "__main__":
+    main()
