@@ -3,15 +3,20 @@
 SQLite allows one writer at a time. A transaction that reads first and writes later can fail
 with "database is locked" when another process wrote in between, so every write transaction
 here starts with `BEGIN IMMEDIATE` (it takes the write lock up front and waits for it), while
-reads use plain deferred transactions and never block writers (WAL mode). Threads of one
-process also queue for writes on a lock: SQLite's busy handler waits by sleeping in steps of
-milliseconds, which would cap a threaded web server at a few hundred commits per second.
+reads use plain deferred transactions and never block writers (WAL mode).
+
+Waiting for the write lock is done here, not by SQLite: its busy handler sleeps in steps of one
+millisecond and more, which caps several processes sharing the file at a few hundred commits per
+second. Threads of one process queue on a Python lock; processes retry BEGIN IMMEDIATE with
+sleeps growing from 50 microseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +24,8 @@ from typing import Iterator
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+BUSY_TIMEOUT_MS = 30000
 
 
 @dataclass
@@ -67,16 +74,36 @@ def _configure_sqlite(engine: Engine) -> None:
         # WAL + NORMAL: a commit survives a crash of any farm process; only an OS crash or
         # power loss can roll back the last commits.
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        immediate = connection.get_execution_options().get("farm_write", False)
         # Straight to the driver: this runs for every transaction, and SQLAlchemy's statement
         # machinery would cost more than the BEGIN itself.
-        connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        driver = connection.connection.driver_connection
+        if connection.get_execution_options().get("farm_write", False):
+            _begin_immediate(driver)
+        else:
+            driver.execute("BEGIN")
+
+
+def _begin_immediate(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    driver.execute("PRAGMA busy_timeout=0")
+    try:
+        delay, deadline = 0.00005, time.monotonic() + timeout
+        while True:
+            try:
+                driver.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exception:
+                if "locked" not in str(exception) and "busy" not in str(exception) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+    finally:
+        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def make_database(url: str, *, pool_size: int = 10) -> Database:
