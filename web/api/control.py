@@ -28,19 +28,24 @@ def _object_body() -> dict:
     return body
 
 
-@blueprint.post("/queue")
-def post_queue():
+def _clear_or_delete(what: str, clear, delete):
+    """POST /queue and POST /history: {"clear": true} and/or {"delete": [ids]}, empty 200."""
     body = _object_body()
     try:
         to_delete = _id_list(body, "delete")
     except ValueError as exception:
-        return error_response(400, "invalid_request", "Invalid queue request", str(exception))
-    context = farm()
+        return error_response(400, "invalid_request", f"Invalid {what} request", str(exception))
+    database = farm().database
     if body.get("clear"):
-        queue_control.cancel_pending(context.database)
+        clear(database)
     if to_delete:
-        queue_control.cancel_pending(context.database, to_delete)
+        delete(database, to_delete)
     return "", 200
+
+
+@blueprint.post("/queue")
+def post_queue():
+    return _clear_or_delete("queue", queue_control.cancel_pending, queue_control.cancel_pending)
 
 
 @blueprint.post("/interrupt")
@@ -56,17 +61,7 @@ def post_interrupt():
 
 @blueprint.post("/history")
 def post_history():
-    body = _object_body()
-    try:
-        to_delete = _id_list(body, "delete")
-    except ValueError as exception:
-        return error_response(400, "invalid_request", "Invalid history request", str(exception))
-    context = farm()
-    if body.get("clear"):
-        queue_control.delete_history(context.database)
-    if to_delete:
-        queue_control.delete_history(context.database, to_delete)
-    return "", 200
+    return _clear_or_delete("history", queue_control.delete_history, queue_control.delete_history)
 
 
 @blueprint.post("/free")
