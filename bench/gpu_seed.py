@@ -7,8 +7,11 @@ worker's GraphExecutor with its model and execution caches (the code path of a w
 - warm seconds per image (new seed each time, so sampling and decoding really run);
 - sampler it/s (from the KSampler's progress events);
 - batch 4 seconds per image; peak GPU memory;
-- knobs, as ratios measured in the same run: channels_last, and torch.compile of the UNet
-  (mode reduce-overhead: CUDA graphs; first call = compile time) when --compile is given.
+- knobs, as ratios measured in the same run: channels_last (the baseline runs without it), and
+  with --compile the worker's own torch.compile mechanism (farm.engine.compiled, mode
+  --compile-mode, default reduce-overhead: CUDA graphs): the first image after turning it on runs
+  eager while the UNet compiles in the background (compile_first_s should match the eager warm
+  time), compile_ready_s is when the compiled UNet was warm, then warm s/image compiled.
 Prints one JSON line. Check it on a CPU first: `python bench/gpu_seed.py --tiny`.
 """
 
@@ -30,6 +33,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from farm.engine import ldm_layout as L  # noqa: E402
+from farm.engine.compiled import CompiledUNets, configure_cache  # noqa: E402
 from farm.engine.model_cache import ModelCache  # noqa: E402
 from farm.graph.cache import ExecutionCache  # noqa: E402
 from farm.graph.executor import GraphExecutor  # noqa: E402
@@ -103,7 +107,8 @@ class Runner:
         storage = LocalStorage({k: os.path.join(folder, k) for k in ("output", "input", "temp")})
         env = NodeEnvironment(storage, os.path.join(folder, "models"))
         registry = default_registry()
-        self.models = ModelCache(env.models_dir, device=device)
+        # The baseline runs without channels_last; the knob is measured on its own below.
+        self.models = ModelCache(env.models_dir, device=device, channels_last=False)
         self.executor = GraphExecutor(registry, storage, env, models=self.models, cache=ExecutionCache(registry, env))
         self.device = device
 
@@ -131,7 +136,7 @@ class Runner:
         return entry.value[0]
 
 
-def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: bool) -> dict:
+def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: str | None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = 64 if tiny else (512 if family == "sd15" else 1024)
     folder = tempfile.mkdtemp(prefix="farm-bench-")
@@ -159,16 +164,26 @@ def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: b
         "batch4_s_per_image": round(batch["seconds"] / 4, 4),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
     }
-    unet = runner.unet().unet
-    unet.to(memory_format=torch.channels_last)
+    model = runner.unet()
+    model.unet.to(memory_format=torch.channels_last)
+    (vae,) = [part for part in next(iter(runner.models._entries.values())).value if hasattr(part, "vae")]
+    vae.vae.to(memory_format=torch.channels_last)
     channels_last = [runner.run(seed_prompt(200 + seed, size, steps)) for seed in range(warm_runs)]
     result["channels_last_s_per_image"] = round(sum(r["seconds"] for r in channels_last) / warm_runs, 4)
     result["channels_last_speedup"] = round(result["warm_s_per_image"] / result["channels_last_s_per_image"], 3)
     if compile_unet:
-        runner.unet().unet = torch.compile(unet, mode="reduce-overhead", fullgraph=False)
+        # What a worker with FARM_COMPILE_UNET does: the model cache's hook on the model.
+        compiler = CompiledUNets(compile_unet, configure_cache(folder))
+        runner.models.compiler = compiler
+        model.compiled = compiler.handle((model.key, model.loras), model.unet)
+        started = time.perf_counter()
         first = runner.run(seed_prompt(300, size, steps))
+        compiler.wait_idle()
+        result["compile_ready_s"] = round(time.perf_counter() - started, 2)
+        result["compile_buckets"] = compiler.report()
         compiled = [runner.run(seed_prompt(301 + seed, size, steps)) for seed in range(warm_runs)]
-        result["compile_first_s"] = round(first["seconds"], 2)
+        result["compile_mode"] = compile_unet
+        result["compile_first_s"] = round(first["seconds"], 3)
         result["compiled_s_per_image"] = round(sum(r["seconds"] for r in compiled) / warm_runs, 4)
         result["compiled_it_per_s"] = round(sum(r["it_per_s"] for r in compiled) / warm_runs, 2)
         result["compile_speedup"] = round(result["warm_s_per_image"] / result["compiled_s_per_image"], 3)
@@ -182,11 +197,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warm-runs", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time the UNet under torch.compile")
+    parser.add_argument("--compile-mode", default="reduce-overhead",
+                        choices=("default", "reduce-overhead", "max-autotune"))
     args = parser.parse_args()
     families = ("sd15", "sdxl") if args.family == "both" else (args.family,)
     if args.tiny and "sdxl" in families:
         sys.exit("--tiny builds only the SD1.5 layout")
-    results = [measure(family, args.tiny, args.steps, args.warm_runs, args.compile) for family in families]
+    compile_mode = args.compile_mode if args.compile else None
+    results = [measure(family, args.tiny, args.steps, args.warm_runs, compile_mode) for family in families]
     print(json.dumps({"seed_workflow": results, "torch": torch.__version__, "python": platform.python_version()}))
 
 

@@ -45,6 +45,17 @@ class Settings:
     model_cache_bytes: int | None = None
     # ComfyUI's --enable-cors-header: the allowed origin ("*" for any); None keeps the origin check.
     enable_cors_header: str | None = None
+    # torch.compile of the worker's UNets, compiled in the background per shape bucket while the
+    # eager UNet serves: "off" | "default" | "reduce-overhead" | "max-autotune". "off" by default
+    # (safe on CPU workers); GPU workers should use "reduce-overhead" (CUDA graphs).
+    compile_unet: str = "off"
+    # channels_last memory format for UNets and VAEs; applied on CUDA devices only.
+    channels_last: bool = True
+    # ComfyUI's --preview-method for sampling previews: "none" (no binary frames), or any other
+    # method, rendered as the cheap latent2rgb projection. A prompt may ask with extra_data.
+    preview_method: str = "none"
+    # WebSockets one web process holds; each holds a thread, on top of web_threads for HTTP.
+    web_sockets: int = 1000
 
     @property
     def embedded_redis_socket(self) -> Path:
@@ -107,7 +118,32 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         history_max_items=number("history_max_items", int, 10000),
         worker_nice=number("worker_nice", int, 5),
         enable_cors_header=get("enable_cors_header"),
+        compile_unet=_compile_mode(get("compile_unet", "off")),
+        channels_last=number("channels_last", _flag, True),
+        preview_method=get("preview_method", "none"),
+        web_sockets=number("web_sockets", int, 1000),
     )
+
+
+COMPILE_UNET_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def _compile_mode(value: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in COMPILE_UNET_MODES:
+        raise ValueError(f"FARM_COMPILE_UNET must be one of {', '.join(COMPILE_UNET_MODES)}, not {value!r}")
+    return mode
+
+
+def _flag(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -131,6 +167,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "FARM_DISPATCH_DEPTH": str(settings.dispatch_depth),
         "FARM_HISTORY_MAX_ITEMS": str(settings.history_max_items),
         "FARM_WORKER_NICE": str(settings.worker_nice),
+        "FARM_COMPILE_UNET": settings.compile_unet,
+        "FARM_CHANNELS_LAST": "1" if settings.channels_last else "0",
     }
     if settings.model_cache_bytes is not None:
         env["FARM_MODEL_CACHE_BYTES"] = str(settings.model_cache_bytes)
@@ -140,4 +178,6 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         env["FARM_EVENTS_URL"] = settings.events_url
     if settings.enable_cors_header:
         env["FARM_ENABLE_CORS_HEADER"] = settings.enable_cors_header
+    env["FARM_PREVIEW_METHOD"] = settings.preview_method
+    env["FARM_WEB_SOCKETS"] = str(settings.web_sockets)
     return env

@@ -1,17 +1,25 @@
 """The event bus: workers publish every execution event; web processes relay them to sockets.
 
-Events travel as JSON on one Redis pub/sub channel: {"type", "data", "prompt_id", "client_id"}.
-Publishing never blocks the executor: events go through an in-process queue to a sender thread
-that publishes them in order, in batches (one round trip for a burst). Without a Redis events
-URL (a RabbitMQ-only cluster) events are not published.
+Each event travels on one Redis pub/sub channel as two JSON lines: the routing
+{"type", "prompt_id", "client_id"}, then the message exactly as sockets get it, {"type", "data"}.
+A relay reads the small first line and forwards the second as it is: it never parses or
+re-encodes a large event (a cumulative progress_state of a big graph). Publishing never blocks
+the executor: events go through an in-process queue to a sender thread that publishes them in
+order, a burst as one pub/sub message (every web process pays per message it receives). Without a Redis events URL (a RabbitMQ-only
+cluster) events are not published. Pub/sub ignores Redis database numbers, so the channel name
+carries the URL's database number: farms sharing one Redis server on different databases do not
+see each other's events.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
+import time
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +31,66 @@ def redis_client_url(url: str) -> str:
     return "unix://" + url[len("redis+socket://"):] if url.startswith("redis+socket://") else url
 
 
+def channel_for(url: str | None) -> str:
+    """The events channel of the farm whose events URL is `url` (its database number appended)."""
+    if not url:
+        return CHANNEL
+    import redis
+
+    db = int(redis.ConnectionPool.from_url(redis_client_url(url)).connection_kwargs.get("db") or 0)
+    return CHANNEL if db == 0 else f"{CHANNEL}:{db}"
+
+
+class BusEvent:
+    """One event as a relay receives it; `data` is parsed only when asked for."""
+
+    __slots__ = ("type", "prompt_id", "client_id", "message", "_data")
+
+    def __init__(self, event_type: str, prompt_id: str | None, client_id: str | None, message: bytes):
+        self.type = event_type
+        self.prompt_id = prompt_id
+        self.client_id = client_id
+        self.message = message  # {"type", "data"} as UTF-8 JSON: a socket's text frame as it is
+        self._data = None
+
+    @property
+    def data(self):
+        if self._data is None:
+            self._data = json.loads(self.message)["data"]
+        return self._data
+
+
+def encode_event(event_type: str, data, prompt_id: str | None = None, client_id: str | None = None) -> str:
+    routing = json.dumps({"type": event_type, "prompt_id": prompt_id, "client_id": client_id}, separators=(",", ":"))
+    return routing + "\n" + json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+
+
+def decode_events(raw: bytes | str) -> list[BusEvent]:
+    """The events in a bus message, in order; ValueError when it holds something else."""
+    raw = raw.encode() if isinstance(raw, str) else raw
+    lines = raw.split(b"\n")  # JSON text holds no raw newline
+    if len(lines) % 2:
+        raise ValueError("not farm events")
+    events = []
+    for routing, message in zip(lines[::2], lines[1::2]):
+        header = json.loads(routing)
+        if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+            raise ValueError("not a farm event")
+        events.append(BusEvent(header["type"], header.get("prompt_id"), header.get("client_id"), message))
+    return events
+
+
+def status_data(queue_remaining: int) -> dict:
+    """The `status` broadcast's data (spec 4.2)."""
+    return {"status": {"exec_info": {"queue_remaining": queue_remaining}}}
+
+
 class EventBus:
-    def __init__(self, url: str | None, max_batch: int = 256):
+    def __init__(self, url: str | None, max_batch: int = 256, max_message_bytes: int = 1 << 20):
         self.url = url
+        self.channel = channel_for(url)
         self.max_batch = max_batch
+        self.max_message_bytes = max_message_bytes
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -35,7 +99,7 @@ class EventBus:
         if not self.url:
             return
         self._start()
-        self._queue.put(json.dumps({"type": event_type, "data": data, "prompt_id": prompt_id, "client_id": client_id}))
+        self._queue.put(encode_event(event_type, data, prompt_id, client_id))
 
     def close(self, timeout: float = 5) -> None:
         """Send what is queued, then stop the sender thread."""
@@ -59,13 +123,129 @@ class EventBus:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = None in batch
-            messages = [message for message in batch if message is not None]
+            events = [event for event in batch if event is not None]
             try:
                 pipeline = client.pipeline(transaction=False)
-                for message in messages:
-                    pipeline.publish(CHANNEL, message)
+                for message in self._messages(events):
+                    pipeline.publish(self.channel, message)
                 pipeline.execute()
             except Exception:  # noqa: BLE001 - live events are best effort; history is the record
-                log.exception("could not publish %d event(s)", len(messages))
+                log.exception("could not publish %d event(s)", len(events))
             if stop:
                 return
+
+    def _messages(self, events: list[str]):
+        """The events joined into as few pub/sub messages as the size limit allows."""
+        group, size = [], 0
+        for event in events:
+            if group and size + len(event) > self.max_message_bytes:
+                yield "\n".join(group)
+                group, size = [], 0
+            group.append(event)
+            size += len(event) + 1
+        if group:
+            yield "\n".join(group)
+
+
+class StatusPublisher:
+    """Turns "the queue changed" notifications into `status` broadcasts, off the request thread.
+
+    `notify()` only sets a flag; a background thread counts the queue in SQL and publishes. Calls
+    that arrive while it works are coalesced into one more broadcast, so a burst of submissions
+    costs a few counts, and the last broadcast always follows the last change.
+    """
+
+    def __init__(self, bus: EventBus, count: Callable[[], int], min_interval: float = 0.05):
+        self.bus = bus
+        self.count = count
+        self.min_interval = min_interval
+        self._pending = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def notify(self) -> None:
+        if not self.bus.url:
+            return
+        self._pending.set()
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:  # started on first use: after the web server forked
+                    self._thread = threading.Thread(target=self._loop, name="farm-status", daemon=True)
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._pending.wait()
+            self._pending.clear()
+            try:
+                self.bus.publish("status", status_data(self.count()))
+            except Exception:  # noqa: BLE001 - a database hiccup costs one broadcast, not the thread
+                log.exception("could not count the queue for a status broadcast")
+            time.sleep(self.min_interval)
+
+
+class EventListener:
+    """Receives every event of the bus in a thread of its own and hands each to `deliver`.
+
+    Reconnects (with a short back-off) after any Redis error: a web process outlives Redis
+    restarts. Events published while it is disconnected are lost, as live events are best effort.
+    """
+
+    def __init__(self, url: str, deliver: Callable[[BusEvent], None]):
+        self.url = url
+        self.channel = channel_for(url)
+        self.deliver = deliver
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="farm-events-listener", daemon=True)
+                    self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import redis
+
+        delay = 0.1
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                # Named, so an operator (or a test) can tell the relays among Redis's clients; the
+                # health checks find a connection that died silently.
+                client = redis.Redis.from_url(redis_client_url(self.url), health_check_interval=30,
+                                              client_name=f"farm-events-{os.getpid()}")
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                delay = 0.1
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        self._deliver(message["data"])
+            except Exception as exception:  # noqa: BLE001 - reconnect after any Redis failure
+                log.warning("event bus connection lost (%s); reconnecting in %.1f s", exception, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            events = decode_events(raw)
+        except ValueError:
+            log.warning("ignoring a malformed message on %s", self.channel)
+            return
+        for event in events:
+            try:
+                self.deliver(event)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the relay
+                log.exception("could not relay a %s event", event.type)

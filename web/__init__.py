@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs")
+API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:
@@ -13,6 +13,8 @@ def create_app(settings, *, context=None) -> Flask:
 
     from farm.services.context import make_context
     from web import errors, security
+    from web.api.ws import SERVER_OPTIONS as WEBSOCKET_OPTIONS
+    from web.relay import Relay
 
     if context is None:
         from farm.queue.celery_app import make_celery
@@ -27,8 +29,17 @@ def create_app(settings, *, context=None) -> Flask:
             background_dispatch=True,
         )
 
+    if context.status is None and settings.events_url:
+        from farm.events import EventBus, StatusPublisher
+        from farm.services.history import queue_remaining
+
+        context.status = StatusPublisher(EventBus(settings.events_url), lambda: queue_remaining(context.database))
+
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = WEBSOCKET_OPTIONS
+    # This process's WebSockets, and its bus listener (started once the server has forked).
+    app.extensions["farm_relay"] = Relay(settings.events_url, max_sockets=settings.web_sockets)
     app.json.sort_keys = False
     app.json.compact = True
     app.extensions["farm"] = context

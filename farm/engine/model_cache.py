@@ -8,6 +8,10 @@ Invariants:
   entry not used by the running prompt is moved to host RAM first (second tier, its own budget),
   and dropped from there last. A component used by the running prompt is never evicted.
 - `loads` counts loads from disk, so tests (and the heartbeat) can tell a cache hit from a load.
+- With a `compiler` (farm.engine.compiled.CompiledUNets), every DiffusionModel the cache hands out
+  carries a hook to its compiled variants (keyed by its base key and LoRA patches); an entry that
+  is dropped or moved off the device drops its compiled variants too (they wrap its parameters).
+- With `channels_last` on a CUDA device, UNets and VAEs are kept in channels_last memory format.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ def _size(value) -> int:
     return total
 
 
+def _compile_key(model) -> tuple:
+    """The compiled-variants key of a DiffusionModel: its base weights and LoRA patches."""
+    return (model.key, model.loras)
+
+
 def file_key(path: str | os.PathLike, component: str) -> tuple:
     resolved = Path(path).resolve()
     stat = resolved.stat()
@@ -85,9 +94,14 @@ def default_budgets(device: str) -> tuple[int, int]:
 
 class ModelCache:
     def __init__(self, models_dir: str | os.PathLike, device: str | None = None,
-                 device_budget: int | None = None, host_budget: int | None = None):
+                 device_budget: int | None = None, host_budget: int | None = None,
+                 compiler=None, channels_last: bool = True):
+        from farm.engine.compiled import wants_channels_last
+
         self.models_dir = Path(models_dir)
         self.device = device or default_device()
+        self.compiler = compiler  # CompiledUNets or None (no torch.compile)
+        self.channels_last = wants_channels_last(channels_last, self.device)
         budgets = default_budgets(self.device)
         self.device_budget = budgets[0] if device_budget is None else device_budget
         self.host_budget = budgets[1] if host_budget is None else host_budget
@@ -156,6 +170,8 @@ class ModelCache:
         with self._lock:
             self._entries.clear()
             self._in_use.clear()
+            if self.compiler is not None:
+                self.compiler.clear()
         gc.collect()
         self._empty_device_cache()
 
@@ -184,6 +200,7 @@ class ModelCache:
                 value = load()
                 if counts_as_load:
                     self.loads += 1
+                self._prepare(value)
                 entry = _Entry(value, _size(value), label)
                 self._entries[key] = entry
                 log.info("loaded %s (%.1f MB)", label, entry.bytes / 2**20)
@@ -209,6 +226,7 @@ class ModelCache:
                 self._move(entry, "cpu")
             else:
                 del self._entries[key]
+                self._drop_compiled(entry)
                 log.info("dropped %s from the model cache", entry.label)
         for key in list(self._entries):
             if used(False) <= self.host_budget:
@@ -216,16 +234,48 @@ class ModelCache:
             entry = self._entries[key]
             if not entry.on_device and key not in self._in_use:
                 del self._entries[key]
+                self._drop_compiled(entry)
                 log.info("dropped %s from host memory", entry.label)
         self._empty_device_cache()
 
     def _move(self, entry: _Entry, device: str) -> None:
+        if device != self.device:
+            self._drop_compiled(entry)
         for module in _modules(entry.value):
             module.to(device)
         entry.on_device = device == self.device
 
+    def _prepare(self, value) -> None:
+        """A freshly loaded value: channels_last UNet and VAE on CUDA, compile hooks on its models."""
+        from farm.engine.types import DiffusionModel
+
+        for part in value if isinstance(value, tuple) else (value,):
+            if self.channels_last:
+                import torch
+
+                for attribute in ("unet", "vae"):
+                    module = getattr(part, attribute, None)
+                    if module is not None:
+                        module.to(memory_format=torch.channels_last)
+            if isinstance(part, DiffusionModel):
+                # A LoRA-patched model is a dataclasses.replace copy of its base: replace the
+                # base's hook, which belongs to another UNet.
+                part.compiled = (self.compiler.handle(_compile_key(part), part.unet)
+                                 if self.compiler is not None else None)
+
+    def _drop_compiled(self, entry: _Entry) -> None:
+        from farm.engine.types import DiffusionModel
+
+        if self.compiler is None:
+            return
+        for part in entry.value if isinstance(entry.value, tuple) else (entry.value,):
+            if isinstance(part, DiffusionModel):
+                self.compiler.drop(_compile_key(part))
+
     def _empty_device_cache(self) -> None:
         if self.device != "cpu":
+            if self.compiler is not None and self.compiler.busy():
+                return  # not while the compile thread may be recording a CUDA graph
             import torch
 
             torch.cuda.empty_cache()

@@ -36,6 +36,9 @@ class DiffusionModel:
     prediction: str  # "eps" | "v"
     key: tuple  # model-cache key of the base weights
     loras: tuple[LoraPatch, ...] = ()
+    # The model cache's torch.compile hook (farm.engine.compiled.CompiledHandle) or None: the
+    # sampler calls the UNet through farm.engine.compiled.run_unet, which uses it when present.
+    compiled: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def latent_scale(self) -> float:

@@ -3,7 +3,9 @@
 Invariants: only the outputs to execute and their dependencies run; a node runs after every
 node it links from; the first node exception stops the prompt (ComfyUI's rule) and becomes an
 `execution_error` with the node, class, exception and traceback; an interrupt is observed before
-each node and at every progress report and becomes `execution_interrupted`.
+each node and at every progress report and becomes `execution_interrupted`. Progress events and
+previews are farm.graph.progress's; previews only when the worker's preview method or the
+prompt's `extra_data.preview_method` asks for them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable
 from farm.graph.cache import ExecutionCache
 from farm.graph.links import is_link
 from farm.graph.plan import plan_execution
+from farm.graph.progress import ProgressReporter, preview_method
 from farm.nodes.base import Interrupted, NodeEnvironment, RunContext
 from farm.nodes.registry import NodeRegistry
 
@@ -59,7 +62,9 @@ class GraphExecutor:
     """Executes prompts for one worker; `emit` receives every event in ComfyUI's order."""
 
     def __init__(self, registry: NodeRegistry, storage, env: NodeEnvironment | None = None, *,
-                 models=None, cache: ExecutionCache | None = None, on_out_of_memory: Callable[[], None] | None = None):
+                 models=None, cache: ExecutionCache | None = None, on_out_of_memory: Callable[[], None] | None = None,
+                 preview_method: str = "none"):
+        self.preview_method = preview_method
         self.registry = registry
         self.storage = storage
         self.env = env or NodeEnvironment(storage)
@@ -90,6 +95,7 @@ class GraphExecutor:
 
         cached_set = set(cached)
         order = plan_execution(prompt, outputs_to_execute, cached_set)
+        progress = ProgressReporter(send, prompt_id, preview_method(extra_data, self.preview_method) != "none")
         values: dict[str, tuple] = {}
         outputs: dict[str, dict] = {}
         executed: list[str] = []
@@ -105,9 +111,11 @@ class GraphExecutor:
                 if node_id in outputs_to_execute:  # cached outputs still report their UI
                     send("executed", {"node": node_id, "display_node": node_id, "output": hit.ui,
                                       "prompt_id": prompt_id})
+                    progress.finish(node_id)
                 continue
             try:
                 check_interrupt()
+                progress.start(node_id)
                 send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})
                 cls = self.registry[class_type]
                 inputs = self._gather_inputs(cls, node_id, node, values, prompt, extra_data)
@@ -117,8 +125,9 @@ class GraphExecutor:
                     storage=self.storage,
                     check_interrupt=check_interrupt,
                     report_progress=lambda value, maximum, _node=node_id: self._progress(
-                        send, check_interrupt, prompt_id, _node, value, maximum),
+                        progress, check_interrupt, _node, value, maximum),
                     models=self.models,
+                    preview=progress.offer_preview,
                 )
                 result = cls().run(ctx, **inputs)
             except Interrupted:
@@ -142,12 +151,13 @@ class GraphExecutor:
             if result.ui is not None:
                 outputs[node_id] = result.ui
                 send("executed", {"node": node_id, "display_node": node_id, "output": result.ui, "prompt_id": prompt_id})
+            progress.finish(node_id)
         send("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
         return ExecutionResult("success", outputs, messages)
 
     @staticmethod
-    def _progress(send, check_interrupt, prompt_id, node_id, value, maximum) -> None:
-        send("progress", {"value": value, "max": maximum, "prompt_id": prompt_id, "node": node_id})
+    def _progress(progress: ProgressReporter, check_interrupt, node_id, value, maximum) -> None:
+        progress.report(node_id, value, maximum)
         check_interrupt()
 
     def _gather_inputs(self, cls, node_id: str, node: dict, values: dict, prompt: dict, extra_data: dict) -> dict:

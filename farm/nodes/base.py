@@ -34,6 +34,9 @@ class RunContext:
     check_interrupt: Callable[[], None] = lambda: None
     report_progress: Callable[[float, float], None] = lambda value, maximum: None
     models: Any = None  # the worker's model cache (farm.engine.model_cache.ModelCache)
+    # Set only when previews are wanted: takes a function returning (image MIME type, image bytes),
+    # called only if the next progress report is due a preview.
+    preview: Callable[[Callable[[], tuple[str, bytes]]], None] | None = None
 
 
 class NodeEnvironment:

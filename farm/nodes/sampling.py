@@ -26,14 +26,22 @@ SCHEDULER_NAMES = (
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
-def progress_callback(ctx, steps: int):
-    """The sampler's per-step callback(step_index, total_steps): honour interrupts, then report
-    step+1 of the total (the real count, which differs from `steps` with denoise < 1, start/end
-    steps or ddim_uniform)."""
-    def callback(step: int, total_steps: int | None = None) -> None:
+def progress_callback(ctx, steps: int, family: str | None = None):
+    """The sampler's per-step callback(step_index, total_steps, x0=None): honour interrupts, offer
+    a preview of x0 when previews are on, then report step+1 of the total (the real count, which
+    differs from `steps` with denoise < 1, start/end steps or ddim_uniform)."""
+    def callback(step: int, total_steps: int | None = None, x0=None) -> None:
         ctx.check_interrupt()
+        if x0 is not None and ctx.preview is not None:
+            ctx.preview(lambda: _render_preview(x0, family))
         ctx.report_progress(step + 1, total_steps or steps)
     return callback
+
+
+def _render_preview(x0, family: str | None) -> tuple[str, bytes]:
+    from farm.engine.previews import preview_jpeg
+
+    return preview_jpeg(x0, family or "sd1")
 
 
 class KSampler(Node):
@@ -75,8 +83,9 @@ class KSampler(Node):
         from farm.engine.sampling import ksampler
 
         use_components(ctx, model)
+        callback = progress_callback(ctx, steps, getattr(model, "family", None))
         latent = ksampler.sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                                 denoise=denoise, callback=progress_callback(ctx, steps))
+                                 denoise=denoise, callback=callback)
         return NodeOutput(values=(latent,))
 
 
@@ -113,7 +122,7 @@ class KSamplerAdvanced(Node):
                                  latent_image, denoise=1.0, disable_noise=add_noise == "disable",
                                  start_step=start_at_step, last_step=end_at_step,
                                  force_full_denoise=return_with_leftover_noise != "enable",
-                                 callback=progress_callback(ctx, steps))
+                                 callback=progress_callback(ctx, steps, getattr(model, "family", None)))
         return NodeOutput(values=(latent,))
 
 

@@ -21,6 +21,7 @@ class FarmContext:
     dispatcher: Dispatcher | None = None
     trigger: object | None = None  # DispatchTrigger in web processes
     control: object | None = None  # WorkerControl: interrupt and free on workers
+    status: object | None = None  # farm.events.StatusPublisher in web processes with an event bus
 
     def warm_up(self) -> None:
         """Connect to the database and the broker before the first request needs them."""
@@ -34,6 +35,11 @@ class FarmContext:
                 sender.warm_up()
             except Exception:  # noqa: BLE001 - a broker that is down now is retried on first use
                 pass
+
+    def queue_changed(self) -> None:
+        """Tell every socket the new queue length (a coalesced `status` broadcast, off this thread)."""
+        if self.status is not None:
+            self.status.notify()
 
     def dispatch_soon(self) -> None:
         if self.trigger is not None:

@@ -170,6 +170,8 @@ def is_job_id(value) -> bool:
 def cancel(context, job_ids: list[str]) -> bool:
     """Dequeue pending jobs and interrupt running ones; False when nothing could be cancelled."""
     dequeued = queue_control.cancel_pending(context.database, job_ids)
+    if dequeued:
+        context.queue_changed()
     rest = [job_id for job_id in job_ids if job_id not in dequeued]
     interrupted = [job_id for job_id in rest if queue_control.interrupt(context, job_id)]
     return bool(dequeued or interrupted)

@@ -121,6 +121,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         return earlier
 
     farm.dispatch_soon()
+    farm.queue_changed()
     return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row["number"]),
                               "node_errors": validation.node_errors})
 

@@ -21,7 +21,8 @@ import uuid
 
 import farm
 from farm.db.models import PromptState
-from farm.events import EventBus
+from farm.events import EventBus, status_data
+from farm.engine.compiled import from_settings as compiled_unets
 from farm.engine.model_cache import ModelCache
 from farm.graph.cache import ExecutionCache
 from farm.graph.executor import ExecutionResult, GraphExecutor, now_ms
@@ -29,7 +30,7 @@ from farm.models import LocalModelInventory, inventory
 from farm.nodes.base import Interrupted
 from farm.queue.celery_app import worker_queue_name
 from farm.queue.sender import CelerySender
-from farm.services import execution, workers
+from farm.services import execution, history, workers
 from farm.services.context import make_context
 from farm.worker.device import device_report
 
@@ -42,13 +43,15 @@ class WorkerRuntime:
         self.name = name
         self.context = make_context(settings, registry=registry, sender=CelerySender(app),
                                     models=LocalModelInventory(settings.models_dir))
-        self.models = ModelCache(settings.models_dir, device_budget=settings.model_cache_bytes)
+        self.models = ModelCache(settings.models_dir, device_budget=settings.model_cache_bytes,
+                                 compiler=compiled_unets(settings), channels_last=settings.channels_last)
         self.execution_cache = ExecutionCache(self.context.registry, self.context.node_env)
         self.executor = GraphExecutor(
             self.context.registry, self.context.storage, self.context.node_env,
             models=self.models, cache=self.execution_cache, on_out_of_memory=self._free_everything,
         )
         self.bus = EventBus(settings.events_url)
+        self.executor.preview_method = settings.preview_method
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
             pid=os.getpid(), gpu_index=gpu, device_name="", device_type="", version=farm.__version__,
@@ -136,7 +139,8 @@ class WorkerRuntime:
             try:
                 self._refresh_info()
                 workers.heartbeat(self.context.database, self.info, self.settings)
-                workers.reap(self.context.database, self.settings)
+                if workers.reap(self.context.database, self.settings):
+                    self._publish_status()
                 self.context.dispatcher.dispatch()
             except Exception:  # noqa: BLE001 - a database or broker hiccup must not kill the worker
                 log.exception("heartbeat failed")
@@ -169,16 +173,19 @@ class WorkerRuntime:
         def emit(event: str, data: dict) -> None:
             self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
 
+        self._publish_status()  # taken off the queue (spec 4.3: before execution_start)
         self.models.begin_prompt()
         try:
             result = self._run(claimed, emit)
             if result.status == "interrupted" and self._stopping.is_set():
                 execution.requeue(self.context.database, prompt_id, attempt, self.name)
+                self._publish_status()
                 log.info("worker stopping: %s goes back to the queue", prompt_id)
                 return
             state = {"success": PromptState.SUCCESS, "error": PromptState.ERROR,
                      "interrupted": PromptState.INTERRUPTED}[result.status]
             self._finish(claimed, state, result)
+            self._publish_status()  # ComfyUI's order: the status broadcast, then the final executing
             emit("executing", {"node": None, "prompt_id": prompt_id})
         finally:
             self.models.end_prompt()
@@ -201,6 +208,17 @@ class WorkerRuntime:
             }
             emit("execution_error", error)
             return ExecutionResult("error", {}, [["execution_error", error]], error)
+
+    def _publish_status(self) -> None:
+        """The `status` broadcast, counted now: it goes out in order with this worker's events."""
+        if not self.bus.url:
+            return
+        try:
+            remaining = history.queue_remaining(self.context.database)
+        except Exception:  # noqa: BLE001 - a missed status is not worth failing a prompt
+            log.exception("could not count the queue for a status broadcast")
+            return
+        self.bus.publish("status", status_data(remaining))
 
     def _finish(self, claimed, state: PromptState, result: ExecutionResult) -> None:
         # The history entry must be written: retry through short database outages.

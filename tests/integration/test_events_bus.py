@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from farm.events import CHANNEL, EventBus
+from farm.events import CHANNEL, EventBus, decode_events
 from tests.services import service_url
 
 pytestmark = pytest.mark.integration
@@ -28,10 +28,12 @@ def test_events_arrive_in_order_with_routing_fields():
     while len(received) < 300 and time.monotonic() < deadline:
         message = subscriber.get_message(timeout=0.5)
         if message:
-            received.append(json.loads(message["data"]))
+            received.extend(decode_events(message["data"]))
     subscriber.close()
-    assert [m["data"]["value"] for m in received] == list(range(300))
-    assert received[0] == {"type": "progress", "data": {"value": 0, "max": 300}, "prompt_id": "p1", "client_id": "c1"}
+    assert [m.data["value"] for m in received] == list(range(300))
+    first = received[0]
+    assert (first.type, first.prompt_id, first.client_id) == ("progress", "p1", "c1")
+    assert json.loads(first.message) == {"type": "progress", "data": {"value": 0, "max": 300}}
 
 
 def test_without_a_url_nothing_is_published():

@@ -76,8 +76,9 @@ def test_history_entry_and_view_after_a_run(client, context, sender):
     assert client.get(f"/history/{prompt_id}").get_json() == {}
     (assignment,) = take(sender)
     events = run(context, assignment)
-    assert events == ["execution_start", "execution_cached", "executing", "executing", "executing", "executed",
-                      "execution_success"]
+    assert events == ["execution_start", "execution_cached",
+                      "progress_state", "executing", "progress_state", "progress_state", "executing", "progress_state",
+                      "progress_state", "executing", "executed", "progress_state", "execution_success"]
     entry = client.get(f"/history/{prompt_id}").get_json()[prompt_id]
     image = {"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}
     assert entry["outputs"] == {"3": {"images": [image]}}

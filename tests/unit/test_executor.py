@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from farm.graph.executor import GraphExecutor
-from farm.nodes.base import Interrupted
+from farm.nodes.base import Interrupted, Node, NodeOutput
 from farm.nodes.registry import default_registry
 from farm.storage import LocalStorage
 from tests.nodepack import NODES
@@ -39,8 +39,12 @@ def test_runs_only_the_outputs_to_execute_in_dependency_order(executor):
     assert result.status == "success" and result.completed
     assert [data["node"] for event, data in events if event == "executing"] == ["1", "2", "3", "4"]
     assert result.outputs == {"4": {"text": ["5"], "node": ["4"], "nodes": [6], "pnginfo": [{"workflow": {"id": "w"}}]}}
-    assert [event for event, _ in events] == ["execution_start", "execution_cached", "executing", "executing",
-                                              "executing", "executing", "executed", "execution_success"]
+    assert [event for event, _ in events] == [
+        "execution_start", "execution_cached",
+        *["progress_state", "executing", "progress_state"] * 3,
+        "progress_state", "executing", "executed", "progress_state",
+        "execution_success",
+    ]
     assert [m[0] for m in result.messages] == ["execution_start", "execution_cached", "execution_success"]
     executed = next(data for event, data in events if event == "executed")
     assert executed == {"node": "4", "display_node": "4", "output": result.outputs["4"], "prompt_id": "p1"}
@@ -72,6 +76,113 @@ def test_a_node_exception_stops_the_prompt_with_comfyui_error_fields(executor):
     assert any("cannot use" in line or "raise ValueError" in line for line in error["traceback"])
     assert events[-1] == ("execution_error", error)
     assert "4" not in result.outputs  # nothing runs after the first failure
+
+
+def progress_states(events):
+    return [data for event, data in events if event == "progress_state"]
+
+
+def entry(node_id, value, maximum, state):
+    return {"value": value, "max": maximum, "state": state, "node_id": node_id, "prompt_id": "p1",
+            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id}
+
+
+def test_progress_state_is_cumulative_per_prompt_and_follows_comfyui_order(executor):
+    prompt = {"1": {"class_type": "Steps", "inputs": {"steps": 2}},
+              "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    _, events = run(executor, prompt, ["2"])
+    assert [event for event, _ in events] == [
+        "execution_start", "execution_cached",
+        "progress_state", "executing", "progress_state", "progress", "progress_state", "progress", "progress_state",
+        "progress_state", "executing", "executed", "progress_state",
+        "execution_success",
+    ]
+    states = progress_states(events)
+    assert all(state["prompt_id"] == "p1" for state in states)
+    assert [state["nodes"] for state in states] == [
+        {"1": entry("1", 0, 1, "running")},
+        {"1": entry("1", 1, 2, "running")},
+        {"1": entry("1", 2, 2, "running")},
+        {"1": entry("1", 2, 2, "finished")},
+        {"1": entry("1", 2, 2, "finished"), "2": entry("2", 0, 1, "running")},
+        {"1": entry("1", 2, 2, "finished"), "2": entry("2", 1, 1, "finished")},
+    ]
+
+
+def test_cached_output_nodes_appear_finished_in_progress_state(cached_executor):
+    run(cached_executor, PROMPT, ["4"])
+    _, events = run(cached_executor, PROMPT, ["4"])
+    assert [event for event, _ in events] == ["execution_start", "execution_cached", "executed", "progress_state",
+                                              "execution_success"]
+    assert progress_states(events) == [{"prompt_id": "p1", "nodes": {"4": entry("4", 1, 1, "finished")}}]
+
+
+def test_a_failing_node_stays_running_in_progress_state(executor):
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 2}},
+              "2": {"class_type": "Fail", "inputs": {"value": ["1", 0]}}}
+    _, events = run(executor, prompt, ["2"])
+    assert [event for event, _ in events][-3:] == ["progress_state", "executing", "execution_error"]
+    assert progress_states(events)[-1]["nodes"]["2"]["state"] == "running"
+
+
+class Sampling(Node):
+    """Offers a preview at every step, as the sampler nodes do."""
+
+    RETURN_TYPES = ("INT",)
+
+    @classmethod
+    def input_types(cls, env):
+        return {"required": {"steps": ["INT"]}}
+
+    def run(self, ctx, steps):
+        for step in range(steps):
+            if ctx.preview is not None:
+                ctx.preview(lambda step=step: ("image/jpeg", b"jpeg %d" % step))
+            ctx.report_progress(step + 1, steps)
+        return NodeOutput((steps,))
+
+
+@pytest.fixture
+def sampling_executor(tmp_path):
+    storage = LocalStorage({"output": tmp_path / "o", "input": tmp_path / "i", "temp": tmp_path / "t"})
+    return GraphExecutor(default_registry(extra=(*NODES, Sampling)), storage)
+
+
+SAMPLING_PROMPT = {"1": {"class_type": "Sampling", "inputs": {"steps": 3}},
+                   "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+
+
+def run_with_extra(executor, prompt, outputs, extra_data):
+    events = []
+    executor.execute("p1", prompt, outputs, extra_data, lambda event, data: events.append((event, data)))
+    return events
+
+
+def test_no_previews_unless_a_preview_method_is_asked_for(sampling_executor):
+    assert "preview_image" not in [event for event, _ in run_with_extra(sampling_executor, SAMPLING_PROMPT, ["2"], {})]
+    events = run_with_extra(sampling_executor, SAMPLING_PROMPT, ["2"], {"preview_method": "none"})
+    assert "preview_image" not in [event for event, _ in events]
+
+
+def test_previews_are_rate_limited_and_come_between_progress_state_and_progress(sampling_executor):
+    import base64
+
+    events = run_with_extra(sampling_executor, SAMPLING_PROMPT, ["2"], {"preview_method": "latent2rgb"})
+    names = [event for event, _ in events]
+    at = names.index("preview_image")
+    assert names[at - 1:at + 2] == ["progress_state", "preview_image", "progress"]
+    assert names.count("preview_image") == 1  # three steps in well under PREVIEW_INTERVAL
+    preview = events[at][1]
+    assert preview == {"node_id": "1", "prompt_id": "p1", "display_node_id": "1", "parent_node_id": None,
+                       "real_node_id": "1", "image_type": "image/jpeg",
+                       "image": base64.b64encode(b"jpeg 0").decode()}
+
+
+def test_the_worker_setting_turns_previews_on_and_the_prompt_can_turn_them_off(sampling_executor):
+    sampling_executor.preview_method = "auto"
+    assert "preview_image" in [event for event, _ in run_with_extra(sampling_executor, SAMPLING_PROMPT, ["2"], {})]
+    events = run_with_extra(sampling_executor, SAMPLING_PROMPT, ["2"], {"preview_method": "none"})
+    assert "preview_image" not in [event for event, _ in events]
 
 
 def test_progress_events_and_interrupt_between_steps(executor):
@@ -175,3 +286,14 @@ def test_load_image_runs_again_when_its_file_changes(tmp_path):
     Image.new("RGB", (4, 4), (0, 255, 0)).save(storage.root("input") / "in.png")
     _, events = run(executor, prompt, ["2"])
     assert executed_nodes(events) == ["1", "2"]
+
+
+def test_the_preview_method_comes_from_the_prompt_else_the_worker():
+    from farm.graph.progress import preview_method
+
+    assert preview_method({}, "none") == "none"
+    assert preview_method({"preview_method": "latent2rgb"}, "none") == "latent2rgb"
+    assert preview_method({"preview_method": "none"}, "auto") == "none"
+    assert preview_method({"preview_method": "default"}, "auto") == "auto"  # ComfyUI's "use the server's"
+    assert preview_method({"preview_method": 3}, "taesd") == "taesd"
+    assert preview_method({}, "bogus") == "none"

@@ -45,7 +45,9 @@ def _clear_or_delete(what: str, clear, delete):
 
 @blueprint.post("/queue")
 def post_queue():
-    return _clear_or_delete("queue", queue_control.cancel_pending, queue_control.cancel_pending)
+    answer = _clear_or_delete("queue", queue_control.cancel_pending, queue_control.cancel_pending)
+    farm().queue_changed()  # ComfyUI broadcasts status after every clear or delete
+    return answer
 
 
 @blueprint.post("/interrupt")

@@ -55,6 +55,11 @@ def system_stats():
     })
 
 
+def feature_flags(settings) -> dict:
+    """The server's feature flags: GET /features, and the reply to a socket's `feature_flags`."""
+    return {"supports_preview_metadata": True, "max_upload_size": settings.max_upload_bytes}
+
+
 @blueprint.get("/features")
 def features():
-    return jsonify({"supports_preview_metadata": True, "max_upload_size": farm().settings.max_upload_bytes})
+    return jsonify(feature_flags(farm().settings))

@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from farm.engine.compiled import run_unet
 from farm.engine.sampling.model_sampling import DiscreteSchedule, calculate_denoised, calculate_input
 
 SDXL_FAMILIES = ("sdxl", "sdxl_refiner")
@@ -281,6 +282,7 @@ class CFGDenoiser:
         t = self.schedule.timestep(sigma).float().expand(x_in.shape[0]).to(model.device)
         unet_input = calculate_input(sigma, x_in).to(model.device, model.dtype)
         self.unet_calls.append(x_in.shape[0])
-        output = model.unet(unet_input, t, encoder_hidden_states=torch.cat(contexts), return_dict=False, **kwargs)[0]
+        output = run_unet(model, unet_input, t, encoder_hidden_states=torch.cat(contexts), return_dict=False,
+                          **kwargs)[0]
         denoised = calculate_denoised(model.prediction, sigma, output.float(), x_in)
         return list(denoised.chunk(len(batch)))

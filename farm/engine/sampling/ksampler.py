@@ -11,11 +11,14 @@ Invariants (spec 2.1-2.5):
   latent noised to the current sigma, and its x0 prediction there to the original latent
   (KSamplerX0Inpaint). ddim re-noises with fresh CPU noise seeded seed + 1.
 - `callback(step_index, total_steps)` runs after every step; whatever it raises (Interrupted)
-  propagates and stops sampling.
+  propagates and stops sampling. A callback that takes an `x0` keyword also gets the latest
+  denoised prediction (model latent units, on the model's device), for previews.
 - The returned tensors are ordinary tensors (made outside inference mode), safe to edit in place.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -91,15 +94,41 @@ def run_sampler(model, noise: torch.Tensor, latent_image: torch.Tensor, sigmas: 
             model_fn = InpaintDenoiser(denoiser, prepare_mask(noise_mask, shape, device), latent, inpaint_noise)
         x = noise_scaling(sigmas[0], noise, latent, schedule.is_max_denoise(sigmas[0]))
         total = len(sigmas) - 1
+        wants_x0 = _takes_x0(callback)
+        denoised = [None]
+        if wants_x0:
+            model_fn = _recording(model_fn, denoised)
 
         def step(i: int) -> None:
-            if callback is not None:
+            if callback is None:
+                return
+            if wants_x0:
+                callback(i, total, x0=denoised[0])
+            else:
                 callback(i, total)
 
         samples = SAMPLERS[sampler_name](model_fn, x, sigmas, SamplerContext(seed=seed, step=step))
         samples = (samples / model.latent_scale).float().cpu()
     # Inference tensors cannot be modified in place outside inference mode; hand back a normal one.
     return samples.clone()
+
+
+def _takes_x0(callback) -> bool:
+    if callback is None:
+        return False
+    try:
+        parameters = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "x0" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _recording(model_fn, slot: list):
+    """`model_fn` that also keeps its latest denoised prediction in slot[0]."""
+    def record(x, sigma):
+        slot[0] = model_fn(x, sigma)
+        return slot[0]
+    return record
 
 
 def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,

@@ -1,0 +1,92 @@
+"""A running prompt's progress events: cumulative `progress_state`, `progress`, and sampling previews.
+
+`progress_state` carries every node started so far in the prompt, running or finished (ComfyUI's
+cumulative view). Previews are made only when a preview method is on, and at most one per
+PREVIEW_INTERVAL per prompt: the node offers a render function, which runs only when due.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Callable
+
+Emit = Callable[[str, dict], None]
+
+log = logging.getLogger(__name__)
+
+# The bus event that carries a preview image; web processes turn it into binary frames.
+PREVIEW_EVENT = "preview_image"
+PREVIEW_INTERVAL = 0.25
+# ComfyUI's --preview-method values; the farm renders every method but "none" as latent2rgb.
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+
+
+def preview_method(extra_data: dict, default: str) -> str:
+    """The prompt's `extra_data.preview_method` when it names a method, else the worker's
+    ("default" and unknown names included); an unknown worker setting means "none"."""
+    requested = extra_data.get("preview_method") if isinstance(extra_data, dict) else None
+    if requested in PREVIEW_METHODS:
+        return requested
+    return default if default in PREVIEW_METHODS else "none"
+
+
+class ProgressReporter:
+    """One prompt's `progress_state` (every node started so far, cumulative), `progress` and previews."""
+
+    def __init__(self, send: Emit, prompt_id: str, previews: bool):
+        self.send = send
+        self.prompt_id = prompt_id
+        self.nodes: dict[str, dict] = {}
+        # A node offers a render function; it runs only when a report is due a preview.
+        self.offer_preview = self._offer if previews else None
+        self._render: Callable[[], tuple[str, bytes]] | None = None
+        self._last_preview = float("-inf")
+
+    def start(self, node_id: str) -> None:
+        self._entry(node_id).update(value=0, max=1, state="running")
+        self._send_state()
+
+    def finish(self, node_id: str) -> None:
+        entry = self._entry(node_id)
+        entry.update(value=entry["max"], state="finished")
+        self._send_state()
+
+    def report(self, node_id: str, value, maximum) -> None:
+        """A progress-bar update, in ComfyUI's order: progress_state, the preview, progress."""
+        self._entry(node_id).update(value=value, max=maximum)
+        self._send_state()
+        render, self._render = self._render, None
+        if render is not None and time.monotonic() - self._last_preview >= PREVIEW_INTERVAL:
+            self._last_preview = time.monotonic()
+            self._send_preview(node_id, render)
+        self.send("progress", {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id})
+
+    def _offer(self, render: Callable[[], tuple[str, bytes]]) -> None:
+        self._render = render
+
+    def _entry(self, node_id: str) -> dict:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            entry = self.nodes[node_id] = {
+                "value": 0, "max": 1, "state": "running", "node_id": node_id, "prompt_id": self.prompt_id,
+                "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id,
+            }
+        return entry
+
+    def _send_state(self) -> None:
+        # Copies: some emitters keep the event, and the entries go on changing.
+        self.send("progress_state", {"prompt_id": self.prompt_id,
+                                     "nodes": {key: dict(entry) for key, entry in self.nodes.items()}})
+
+    def _send_preview(self, node_id: str, render: Callable[[], tuple[str, bytes]]) -> None:
+        try:
+            image_type, image = render()
+        except Exception:  # noqa: BLE001 - a failed preview must never fail the prompt
+            log.exception("could not render a preview for node %s", node_id)
+            return
+        self.send(PREVIEW_EVENT, {
+            "node_id": node_id, "prompt_id": self.prompt_id, "display_node_id": node_id, "parent_node_id": None,
+            "real_node_id": node_id, "image_type": image_type, "image": base64.b64encode(image).decode("ascii"),
+        })
