@@ -91,7 +91,8 @@ class EventBus:
         self.channel = channel_for(url)
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        # Encoded events, functions that encode one when its turn comes, or None (stop).
+        self._queue: queue.Queue[str | Callable[[], str] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -100,6 +101,14 @@ class EventBus:
             return
         self._start()
         self._queue.put(encode_event(event_type, data, prompt_id, client_id))
+
+    def publish_status(self, count: Callable[[], int]) -> None:
+        """A `status` broadcast in its place among the events, counted by the sender thread when
+        its turn comes: the executor does not wait for the count."""
+        if not self.url:
+            return
+        self._start()
+        self._queue.put(lambda: encode_event("status", status_data(count())))
 
     def close(self, timeout: float = 5) -> None:
         """Send what is queued, then stop the sender thread."""
@@ -123,7 +132,7 @@ class EventBus:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = None in batch
-            events = [event for event in batch if event is not None]
+            events = [event for event in map(self._resolve, batch) if event is not None]
             try:
                 pipeline = client.pipeline(transaction=False)
                 for message in self._messages(events):
@@ -133,6 +142,16 @@ class EventBus:
                 log.exception("could not publish %d event(s)", len(events))
             if stop:
                 return
+
+    @staticmethod
+    def _resolve(item) -> str | None:
+        if not callable(item):
+            return item
+        try:
+            return item()
+        except Exception:  # noqa: BLE001 - a database hiccup costs one status broadcast
+            log.exception("could not count the queue for a status broadcast")
+            return None
 
     def _messages(self, events: list[str]):
         """The events joined into as few pub/sub messages as the size limit allows."""
@@ -155,10 +174,11 @@ class StatusPublisher:
     costs a few counts, and the last broadcast always follows the last change.
     """
 
-    def __init__(self, bus: EventBus, count: Callable[[], int], min_interval: float = 0.05):
+    def __init__(self, bus: EventBus, count: Callable[[], int], min_interval: float = 0.05, delay: float = 0.005):
         self.bus = bus
         self.count = count
         self.min_interval = min_interval
+        self.delay = delay
         self._pending = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -176,12 +196,14 @@ class StatusPublisher:
     def _loop(self) -> None:
         while True:
             self._pending.wait()
+            # A moment's delay: the request that notified finishes first, and a burst shares a count.
+            time.sleep(self.delay)
             self._pending.clear()
             try:
                 self.bus.publish("status", status_data(self.count()))
             except Exception:  # noqa: BLE001 - a database hiccup costs one broadcast, not the thread
                 log.exception("could not count the queue for a status broadcast")
-            time.sleep(self.min_interval)
+            time.sleep(max(0.0, self.min_interval - self.delay))
 
 
 class EventListener:

@@ -46,7 +46,10 @@ class Outbox:
 
     A frame goes straight to the kernel (a non-blocking send) when nothing is queued before it;
     what the kernel does not take waits here, bounded, for the socket's handler thread, which
-    writes it with blocking sends. `put` answers False when the queue is full.
+    writes it with blocking sends. `put` answers False when the queue is full. A frame given a
+    `key` replaces a queued, unsent frame of the same key (a newer snapshot of the same thing: a
+    prompt's cumulative progress_state, the queue length), so a client that lags behind a big
+    graph gets fewer snapshots instead of being dropped.
     """
 
     def __init__(self, wake: threading.Event, max_frames: int, max_bytes: int, sock: socket.socket | None = None):
@@ -55,14 +58,17 @@ class Outbox:
         self.max_bytes = max_bytes
         self.sock = sock  # None: everything queues (no direct writes)
         self.closing = False  # the server is going away: send what is queued, then close
-        self._frames: collections.deque[bytes] = collections.deque()
+        # One-element lists: a replaced frame's cell is emptied in place, where it stood in line.
+        self._cells: collections.deque[list] = collections.deque()
+        self._keyed: dict = {}
+        self._frames = 0
         self._bytes = 0
         self._writing = False  # the handler is sending a frame it took
         self._lock = threading.Lock()
 
-    def put(self, frame: bytes, bounded: bool = True) -> bool:
+    def put(self, frame: bytes, bounded: bool = True, key=None) -> bool:
         with self._lock:
-            if self.sock is not None and not self._frames and not self._writing:
+            if self.sock is not None and not self._cells and not self._writing:
                 try:
                     sent = self.sock.send(frame, socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -71,10 +77,19 @@ class Outbox:
                     sent = 0  # a broken connection: the handler finds out when it sends this
                 if sent == len(frame):
                     return True
-                frame, bounded = frame[sent:], False  # the rest of a started frame must follow it
-            if bounded and (len(self._frames) >= self.max_frames or self._bytes + len(frame) > self.max_bytes):
+                frame, bounded, key = frame[sent:], False, None  # the rest of a started frame must follow it
+            replaced = self._keyed.pop(key, None) if key is not None else None
+            if replaced is not None and replaced[0] is not None:
+                self._frames -= 1
+                self._bytes -= len(replaced[0])
+                replaced[0] = None
+            if bounded and (self._frames >= self.max_frames or self._bytes + len(frame) > self.max_bytes):
                 return False
-            self._frames.append(frame)
+            cell = [frame]
+            self._cells.append(cell)
+            if key is not None:
+                self._keyed[key] = cell
+            self._frames += 1
             self._bytes += len(frame)
         self.wake.set()
         return True
@@ -82,20 +97,24 @@ class Outbox:
     def pop(self) -> bytes | None:
         """The next frame for the handler to send; no direct writes until it asks again."""
         with self._lock:
-            if not self._frames:
-                self._writing = False
-                return None
-            self._writing = True
-            frame = self._frames.popleft()
-            self._bytes -= len(frame)
-            return frame
+            while self._cells:
+                cell = self._cells.popleft()
+                frame, cell[0] = cell[0], None  # a sent frame is never replaced any more
+                if frame is not None:
+                    self._writing = True
+                    self._frames -= 1
+                    self._bytes -= len(frame)
+                    return frame
+            self._writing = False
+            self._keyed.clear()
+            return None
 
     def close(self) -> None:
         self.closing = True
         self.wake.set()
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return self._frames
 
 
 def preview_frame(kind: int, data: dict) -> bytes:

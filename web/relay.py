@@ -60,6 +60,15 @@ def route(event_type: str, data, client_id: str | None) -> Route:
     return Route(not client_id, client_id or None)
 
 
+def snapshot_key(event: BusEvent):
+    """For events that a newer one of the same key makes useless: a lagging socket gets the latest."""
+    if event.type == "progress_state":
+        return ("progress_state", event.prompt_id)  # cumulative: the newest holds everything
+    if event.type == "status":
+        return ("status",)  # the queue length now
+    return None
+
+
 class Client:
     """One connected socket as the relay sees it."""
 
@@ -261,8 +270,9 @@ class Relay:
         if not clients:
             return
         frames = Frames(event)
+        key = snapshot_key(event)
         for client in clients:
-            if not client.outbox.put(frames.for_client(client, target.everyone)):
+            if not client.outbox.put(frames.for_client(client, target.everyone), key=key):
                 self._drop(client)
 
     def _release_status(self, event: BusEvent) -> None:

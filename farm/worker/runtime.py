@@ -21,7 +21,7 @@ import uuid
 
 import farm
 from farm.db.models import PromptState
-from farm.events import EventBus, status_data
+from farm.events import EventBus
 from farm.engine.compiled import from_settings as compiled_unets
 from farm.engine.model_cache import ModelCache
 from farm.graph.cache import ExecutionCache
@@ -210,15 +210,8 @@ class WorkerRuntime:
             return ExecutionResult("error", {}, [["execution_error", error]], error)
 
     def _publish_status(self) -> None:
-        """The `status` broadcast, counted now: it goes out in order with this worker's events."""
-        if not self.bus.url:
-            return
-        try:
-            remaining = history.queue_remaining(self.context.database)
-        except Exception:  # noqa: BLE001 - a missed status is not worth failing a prompt
-            log.exception("could not count the queue for a status broadcast")
-            return
-        self.bus.publish("status", status_data(remaining))
+        """The `status` broadcast, in order with this worker's events (counted by the bus's thread)."""
+        self.bus.publish_status(lambda: history.queue_remaining(self.context.database))
 
     def _finish(self, claimed, state: PromptState, result: ExecutionResult) -> None:
         # The history entry must be written: retry through short database outages.

@@ -93,12 +93,17 @@ def test_frames_are_unmasked_server_frames_of_every_length_class():
 
 
 class Socket:
-    """A client as the relay sees it, plus what its handler would have sent."""
+    """A client as the relay sees it, and what reached it.
 
-    def __init__(self, relay: Relay, sid: str, max_frames: int = 100, **options):
+    Connected (the default), frames go to a real socket, as they do for a client that keeps up;
+    otherwise they wait in the outbox, as for one whose kernel buffers are full.
+    """
+
+    def __init__(self, relay: Relay, sid: str, max_frames: int = 100, connected: bool = True, **options):
         self.wake = threading.Event()
         self.killed = False
-        self.client = relay.new_client(sid, self.wake, kill=self._kill, **options)
+        self.ours, self.theirs = socket.socketpair() if connected else (None, None)
+        self.client = relay.new_client(sid, self.wake, sock=self.ours, kill=self._kill, **options)
         self.client.outbox.max_frames = max_frames
         assert relay.attach(self.client)
 
@@ -106,24 +111,35 @@ class Socket:
         self.killed = True
 
     def frames(self) -> list:
-        """The payloads queued: str for text frames, bytes for binary ones."""
-        out = []
+        """The payloads received or queued: str for text frames, bytes for binary ones."""
+        received = bytearray()
+        while self.theirs is not None:
+            try:
+                received.extend(self.theirs.recv(1 << 20, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
         while (frame := self.client.outbox.pop()) is not None:
-            out.append(decode(frame))
+            received.extend(frame)
+        out = []
+        while received:
+            frame = decode(bytes(received))
+            out.append(frame[0])
+            del received[:frame[1]]
         return out
 
     def types(self) -> list[str]:
         return [json.loads(frame)["type"] if isinstance(frame, str) else "binary" for frame in self.frames()]
 
 
-def decode(frame: bytes):
-    size, offset = frame[1] & 0x7F, 2
+def decode(data: bytes):
+    """(payload of the first frame in `data`, its length on the wire)."""
+    size, offset = data[1] & 0x7F, 2
     if size == 126:
-        size, offset = struct.unpack("!H", frame[2:4])[0], 4
+        size, offset = struct.unpack("!H", data[2:4])[0], 4
     elif size == 127:
-        size, offset = struct.unpack("!Q", frame[2:10])[0], 10
-    payload = frame[offset:offset + size]
-    return payload.decode() if frame[0] & 0x0F == 1 else payload
+        size, offset = struct.unpack("!Q", data[2:10])[0], 10
+    payload = data[offset:offset + size]
+    return (payload.decode() if data[0] & 0x0F == 1 else payload), offset + size
 
 
 def bus(event_type, data, prompt_id=None, client_id=None):
@@ -212,7 +228,7 @@ def test_a_new_socket_with_the_same_sid_replaces_the_old_one_and_detach_forgets_
 
 def test_a_socket_that_cannot_keep_up_is_dropped_and_the_others_go_on(caplog):
     relay = Relay(None)
-    stuck, fine = Socket(relay, "stuck", max_frames=5), Socket(relay, "fine", max_frames=1000)
+    stuck, fine = Socket(relay, "stuck", max_frames=5, connected=False), Socket(relay, "fine")
     with caplog.at_level(logging.WARNING, logger="web.relay"):
         for index in range(20):
             relay.dispatch(event("progress", None, value=index, max=20))
@@ -355,3 +371,56 @@ def test_a_burst_of_events_travels_in_as_few_bus_messages_as_the_size_limit_allo
     assert [e.data["value"] for m in messages for e in decode_events(m)] == list(range(50))
     (alone,) = EventBus(None, max_message_bytes=10)._messages(events[:1])  # too big for the limit: alone
     assert [e.data["value"] for e in decode_events(alone)] == [0]
+
+
+def test_a_status_counted_by_the_bus_thread_keeps_its_place_among_the_events(monkeypatch):
+    from farm.events import EventBus
+
+    published = []
+
+    class Pipeline:
+        def publish(self, channel, message):
+            published.extend(decode_events(message))
+
+        def execute(self):
+            pass
+
+    class Client:
+        def pipeline(self, transaction):
+            return Pipeline()
+
+    monkeypatch.setattr("redis.Redis.from_url", lambda *args, **kwargs: Client())
+    counts = iter([7])
+    bus = EventBus("redis://127.0.0.1:6379/0")
+    bus.publish("execution_success", {"prompt_id": "p1"}, prompt_id="p1", client_id="c1")
+    bus.publish_status(lambda: next(counts))
+    bus.publish_status(lambda: 1 / 0)  # a failed count costs that broadcast only
+    bus.publish("executing", {"node": None, "prompt_id": "p1"}, prompt_id="p1", client_id="c1")
+    bus.close()
+    assert [(e.type, e.data) for e in published] == [
+        ("execution_success", {"prompt_id": "p1"}), ("status", status_data(7)),
+        ("executing", {"node": None, "prompt_id": "p1"})]
+
+
+def test_a_newer_snapshot_replaces_a_queued_one_and_takes_its_turn_after_what_came_before():
+    box = Outbox(threading.Event(), max_frames=3, max_bytes=1000)
+    assert box.put(b"state 1", key="p1") and box.put(b"executing") and box.put(b"state 2", key="p1")
+    assert len(box) == 2 and box.put(b"other prompt", key="p2") and box.put(b"state 3", key="p1")
+    assert not box.put(b"one too many")  # three live frames: the replaced ones do not count
+    assert [box.pop() for _ in range(4)] == [b"executing", b"other prompt", b"state 3", None]
+    assert box.put(b"state 4", key="p1") and box.pop() == b"state 4"  # a sent frame is never replaced
+    assert box.put(b"state 5", key="p1") and box.put(b"x") and [box.pop(), box.pop()] == [b"state 5", b"x"]
+
+
+def test_a_lagging_socket_gets_the_latest_progress_state_instead_of_every_one():
+    relay = Relay(None)
+    sock = Socket(relay, "c1", max_frames=10, connected=False)
+    for value in range(100):  # it never reads: without snapshots it would be dropped
+        relay.dispatch(event("progress_state", "c1", nodes={"1": {"value": value}}))
+        relay.dispatch(bus("progress_state", {"prompt_id": "p2", "nodes": {}}, "p2", "c1"))
+    relay.dispatch(event("executed", "c1", node="1"))
+    assert not sock.client.dropped
+    frames = [json.loads(frame) for frame in sock.frames()]
+    assert [(f["type"], f["data"]["prompt_id"]) for f in frames] == [
+        ("progress_state", "p1"), ("progress_state", "p2"), ("executed", "p1")]
+    assert frames[0]["data"]["nodes"] == {"1": {"value": 99}}
