@@ -7,6 +7,7 @@ import logging
 import sys
 
 from farm.config import load_settings
+from farm.graph.progress import PREVIEW_METHODS
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,13 @@ def _add_cors(parser: argparse.ArgumentParser) -> None:
                              "Origin header, as ComfyUI's flag does; FARM_ENABLE_CORS_HEADER")
 
 
+def _add_previews(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preview-method", choices=PREVIEW_METHODS,
+                        help="sampling previews as binary WebSocket frames, as ComfyUI's flag (every method but "
+                             "none is rendered as latent2rgb); a prompt's extra_data.preview_method wins; "
+                             "FARM_PREVIEW_METHOD, default none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="A render farm that speaks ComfyUI's API.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(up)
     up.add_argument("--cpu", action="store_true", help="one CPU worker even when GPUs are present")
     _add_cors(up)
+    _add_previews(up)
 
     web = commands.add_parser("web", help="run the web server (API)")
     _add_common(web)
@@ -41,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--gpu", type=int, help="the GPU index this worker owns")
     device.add_argument("--cpu", action="store_true", help="run on the CPU")
     worker.add_argument("--name", help="worker name (default <host>-gpu<N> or <host>-cpu)")
+    _add_previews(worker)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -53,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(data_dir=args.data_dir, models_dir=args.models_dir, host=args.host, port=args.port,
-                             enable_cors_header=getattr(args, "enable_cors_header", None))
+                             enable_cors_header=getattr(args, "enable_cors_header", None),
+                             preview_method=getattr(args, "preview_method", None))
 
     if args.command == "up":
         from farm.supervisor import run_farm

@@ -60,9 +60,24 @@ class BusEvent:
         return self._data
 
 
+class EncodedDict(dict):
+    """Event data that carries its own compact JSON encoding, built by its producer from cached
+    parts (a cumulative progress_state re-encodes only the node that changed)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, value: dict, encoded: str):
+        super().__init__(value)
+        self.json = encoded
+
+
+def encode_json(value) -> str:
+    return value.json if type(value) is EncodedDict else json.dumps(value, separators=(",", ":"))
+
+
 def encode_event(event_type: str, data, prompt_id: str | None = None, client_id: str | None = None) -> str:
     routing = json.dumps({"type": event_type, "prompt_id": prompt_id, "client_id": client_id}, separators=(",", ":"))
-    return routing + "\n" + json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+    return f'{routing}\n{{"type":{json.dumps(event_type)},"data":{encode_json(data)}}}'
 
 
 def decode_events(raw: bytes | str) -> list[BusEvent]:

@@ -60,6 +60,11 @@ def route(event_type: str, data, client_id: str | None) -> Route:
     return Route(not client_id, client_id or None)
 
 
+def _final_executing(event: BusEvent) -> bool:
+    """`executing {node: null}`: the prompt is over and its history written."""
+    return event.type == "executing" and isinstance(event.data, dict) and event.data.get("node") is None
+
+
 def snapshot_key(event: BusEvent):
     """For events that a newer one of the same key makes useless: a lagging socket gets the latest."""
     if event.type == "progress_state":
@@ -81,6 +86,8 @@ class Client:
         self.everything = everything
         self.flags: dict = {}
         self.dropped = False
+        # A type-1 preview waiting for the step's `progress`: ComfyUI sends it after (spec 4.3).
+        self.deferred_preview: bytes | None = None
 
 
 class Frames:
@@ -91,17 +98,18 @@ class Frames:
         self._text: bytes | None = None
         self._previews: dict[int, bytes] = {}
 
-    def for_client(self, client: Client, broadcast: bool) -> bytes:
+    def for_client(self, client: Client | None, broadcast: bool) -> tuple[int | None, bytes]:
+        """(preview kind or None, frame) of this event for `client` (None: text events only)."""
         if self.event.type != PREVIEW_EVENT:
             if self._text is None:
                 self._text = text_frame(self.event.message)  # the worker's JSON, as it is
-            return self._text
+            return None, self._text
         # Metadata frames only for sockets that asked; a broadcast preview is always type 1 (spec 4.4).
         kind = PREVIEW_IMAGE_WITH_METADATA if client.flags.get("supports_preview_metadata") and not broadcast \
             else PREVIEW_IMAGE
         if kind not in self._previews:
             self._previews[kind] = binary_frame(preview_frame(kind, self.event.data))
-        return self._previews[kind]
+        return kind, self._previews[kind]
 
 
 class StatusGate:
@@ -121,6 +129,11 @@ class StatusGate:
         self._at = time.monotonic()
         self._held: BusEvent | None = None
         self._lock = threading.Lock()
+
+    @property
+    def held(self) -> BusEvent | None:
+        """The latest `status` waiting for its slot, if any."""
+        return self._held
 
     def admit(self, event: BusEvent) -> bool:
         """True: send `event` now; False: it is held (or replaced a held one)."""
@@ -271,9 +284,29 @@ class Relay:
             return
         frames = Frames(event)
         key = snapshot_key(event)
+        # A status that a flood holds back still reaches the client before its prompt's end (spec 4.3).
+        held = self._status_gate.held if _final_executing(event) else None
+        held_frame = Frames(held).for_client(None, True)[1] if held is not None else None
         for client in clients:
-            if not client.outbox.put(frames.for_client(client, target.everyone), key=key):
+            if held_frame is not None and not client.outbox.put(held_frame, key=("status",)):
                 self._drop(client)
+                continue
+            kind, frame = frames.for_client(client, target.everyone)
+            if kind == PREVIEW_IMAGE:  # goes out after the step's `progress` (spec 4.3)
+                sent = client.deferred_preview is None or self._send_deferred(client)
+                client.deferred_preview = frame
+            elif event.type == "progress":
+                sent = client.outbox.put(frame) and (client.deferred_preview is None or self._send_deferred(client))
+            else:
+                sent = (client.deferred_preview is None or self._send_deferred(client)) \
+                    and client.outbox.put(frame, key=key)
+            if not sent:
+                self._drop(client)
+
+    @staticmethod
+    def _send_deferred(client: Client) -> bool:
+        frame, client.deferred_preview = client.deferred_preview, None
+        return client.outbox.put(frame)
 
     def _release_status(self, event: BusEvent) -> None:
         with self._dispatch_lock:

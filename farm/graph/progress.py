@@ -1,16 +1,20 @@
 """A running prompt's progress events: cumulative `progress_state`, `progress`, and sampling previews.
 
 `progress_state` carries every node started so far in the prompt, running or finished (ComfyUI's
-cumulative view). Previews are made only when a preview method is on, and at most one per
+cumulative view). Each message is built from per-node JSON encoded when that node changed, so a
+graph of n nodes costs O(n) string joins per message, not O(n) re-encodings. Previews are made only when a preview method is on, and at most one per
 PREVIEW_INTERVAL per prompt: the node offers a render function, which runs only when due.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from typing import Callable
+
+from farm.events import EncodedDict
 
 Emit = Callable[[str, dict], None]
 
@@ -38,24 +42,27 @@ class ProgressReporter:
     def __init__(self, send: Emit, prompt_id: str, previews: bool):
         self.send = send
         self.prompt_id = prompt_id
+        # Entries are replaced, never changed in place: sent messages share them.
         self.nodes: dict[str, dict] = {}
+        self._encoded: dict[str, str] = {}  # node id -> '"id":{entry}'
+        self._prefix = '{"prompt_id":' + json.dumps(prompt_id) + ',"nodes":{'
         # A node offers a render function; it runs only when a report is due a preview.
         self.offer_preview = self._offer if previews else None
         self._render: Callable[[], tuple[str, bytes]] | None = None
         self._last_preview = float("-inf")
 
     def start(self, node_id: str) -> None:
-        self._entry(node_id).update(value=0, max=1, state="running")
+        self._update(node_id, value=0, max=1, state="running")
         self._send_state()
 
     def finish(self, node_id: str) -> None:
-        entry = self._entry(node_id)
-        entry.update(value=entry["max"], state="finished")
+        self._update(node_id, value=self._entry(node_id)["max"], state="finished")
         self._send_state()
 
     def report(self, node_id: str, value, maximum) -> None:
-        """A progress-bar update, in ComfyUI's order: progress_state, the preview, progress."""
-        self._entry(node_id).update(value=value, max=maximum)
+        """A progress-bar update: progress_state, the preview, progress. (Web processes move a
+        preview behind the `progress` for sockets that get it without metadata, as ComfyUI.)"""
+        self._update(node_id, value=value, max=maximum)
         self._send_state()
         render, self._render = self._render, None
         if render is not None and time.monotonic() - self._last_preview >= PREVIEW_INTERVAL:
@@ -69,16 +76,19 @@ class ProgressReporter:
     def _entry(self, node_id: str) -> dict:
         entry = self.nodes.get(node_id)
         if entry is None:
-            entry = self.nodes[node_id] = {
+            entry = {
                 "value": 0, "max": 1, "state": "running", "node_id": node_id, "prompt_id": self.prompt_id,
                 "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id,
             }
         return entry
 
+    def _update(self, node_id: str, **changes) -> None:
+        entry = self.nodes[node_id] = {**self._entry(node_id), **changes}
+        self._encoded[node_id] = json.dumps(node_id) + ":" + json.dumps(entry, separators=(",", ":"))
+
     def _send_state(self) -> None:
-        # Copies: some emitters keep the event, and the entries go on changing.
-        self.send("progress_state", {"prompt_id": self.prompt_id,
-                                     "nodes": {key: dict(entry) for key, entry in self.nodes.items()}})
+        encoded = self._prefix + ",".join(self._encoded.values()) + "}}"
+        self.send("progress_state", EncodedDict({"prompt_id": self.prompt_id, "nodes": dict(self.nodes)}, encoded))
 
     def _send_preview(self, node_id: str, render: Callable[[], tuple[str, bytes]]) -> None:
         try:

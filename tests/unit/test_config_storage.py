@@ -30,6 +30,20 @@ def test_environment_then_flags(tmp_path):
     assert load_settings(env=settings_environment(settings)) == settings
 
 
+def test_the_preview_method_flag_of_farm_up_and_farm_worker_reaches_the_workers(tmp_path):
+    from farm.cli import build_parser
+
+    assert build_parser().parse_args(["up"]).preview_method is None
+    for argv in (["up", "--preview-method", "auto"], ["worker", "--cpu", "--preview-method", "auto"]):
+        flag = build_parser().parse_args(argv).preview_method
+        settings = load_settings(env={"FARM_PREVIEW_METHOD": "none"}, preview_method=flag)
+        assert settings.preview_method == "auto"  # the flag wins, and `farm up` hands it to its workers:
+        assert settings_environment(settings)["FARM_PREVIEW_METHOD"] == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--preview-method", "vae"])
+    assert load_settings(env={"FARM_PREVIEW_METHOD": "latent2rgb"}).preview_method == "latent2rgb"
+
+
 @pytest.fixture
 def storage(tmp_path):
     return LocalStorage({"output": tmp_path / "out", "input": tmp_path / "in", "temp": tmp_path / "temp"})

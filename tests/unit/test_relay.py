@@ -167,6 +167,23 @@ def test_bus_messages_carry_the_routing_then_the_socket_message_as_it_is():
             decode_events(bad)
 
 
+def test_progress_state_is_encoded_from_its_nodes_parts_and_reads_as_the_plain_dict():
+    from farm.graph.progress import ProgressReporter
+
+    sent = []
+    reporter = ProgressReporter(lambda event_type, data: sent.append(data), "p\"1", previews=False)
+    for node in ("1", "n\u00e9\"2"):
+        reporter.start(node)
+        reporter.report(node, 3, 4)
+        reporter.finish(node)
+    for data in sent:
+        (received,) = decode_events(encode_event("progress_state", data, "p1", "c1"))
+        assert received.data == data == json.loads(json.dumps(data))  # the parts make the same JSON
+    assert sent[0]["nodes"]["1"]["state"] == "running"  # a sent message never changes afterwards
+    assert sent[-1]["nodes"]["1"] == {"value": 4, "max": 4, "state": "finished", "node_id": "1", "prompt_id": 'p"1',
+                                      "display_node_id": "1", "parent_node_id": None, "real_node_id": "1"}
+
+
 PROMPT_EVENTS = ["execution_start", "execution_cached", "progress_state", "executing", "progress", "executed",
                  "progress_state", "execution_success"]
 
@@ -252,21 +269,33 @@ def preview_event(client_id):
         "image_type": "image/jpeg", "image": base64.b64encode(b"\xff\xd8jpeg").decode()}, "p1", client_id)
 
 
-def test_previews_are_binary_type_4_for_sockets_that_asked_and_type_1_otherwise():
+def test_previews_are_binary_type_4_before_the_progress_for_sockets_that_asked_and_type_1_after_it():
     relay = Relay(None)
     asked, plain, watcher = Socket(relay, "c1"), Socket(relay, "c2"), Socket(relay, "w", prompts={"p1"})
     asked.client.flags = {"supports_preview_metadata": True}
+    type_1 = struct.pack(">II", 1, 1) + b"\xff\xd8jpeg"
     relay.dispatch(preview_event("c1"))
-    (frame,) = asked.frames()
+    relay.dispatch(event("progress", "c1", value=1, max=2, node="3"))
+    frame, progress = asked.frames()
     code, length = struct.unpack(">II", frame[:8])
     assert code == 4
     assert json.loads(frame[8:8 + length]) == {"node_id": "3", "prompt_id": "p1", "display_node_id": "3",
                                                "parent_node_id": None, "real_node_id": "3",
                                                "image_type": "image/jpeg"}
     assert frame[8 + length:] == b"\xff\xd8jpeg"
-    assert plain.frames() == [] and watcher.frames() == [struct.pack(">II", 1, 1) + b"\xff\xd8jpeg"]
+    assert json.loads(progress)["type"] == "progress"
+    assert plain.frames() == []
+    assert watcher.types() == ["progress", "binary"]  # spec 4.3: type 1 comes after the step's progress
     relay.dispatch(preview_event(None))  # broadcast: always type 1 (spec 4.4)
-    assert asked.frames() == plain.frames() == [struct.pack(">II", 1, 1) + b"\xff\xd8jpeg"]
+    assert asked.frames() == plain.frames() == []  # waiting for the progress
+    relay.dispatch(preview_event(None))  # no progress in between: the first goes now
+    relay.dispatch(event("progress", None, value=2, max=2, node="3"))
+    for sock in (asked, plain):
+        first, progress, second = sock.frames()
+        assert first == second == type_1 and json.loads(progress)["type"] == "progress"
+    relay.dispatch(preview_event(None))
+    relay.dispatch(event("progress_state", None, nodes={}))  # another event: the preview keeps its place
+    assert plain.types() == ["binary", "progress_state"]
 
 
 def test_the_running_node_of_a_client_is_remembered_until_its_prompt_ends():
@@ -333,6 +362,19 @@ def test_a_status_burst_passes_and_a_flood_is_thinned_to_the_latest():
     assert not any(gate.admit(status(n)) for n in range(5, 50))  # then they wait, the latest replacing
     wait_until(lambda: released)
     assert [event.data for event in released] == [status_data(49)]
+
+
+def test_a_status_held_back_by_a_flood_still_precedes_the_final_executing_of_a_prompt():
+    relay = Relay(None)
+    client, bystander = Socket(relay, "c1"), Socket(relay, "c2")
+    for index in range(60):  # beyond the gate's burst: the latest status waits for its slot
+        relay.dispatch(status(index))
+    client.frames(), bystander.frames()
+    relay.dispatch(event("executing", "c1", node=None))
+    assert [json.loads(frame) for frame in client.frames()] == [
+        {"type": "status", "data": status_data(59)}, {"type": "executing", "data": {"prompt_id": "p1", "node": None}}]
+    assert bystander.frames() == []  # the others get it when the gate lets it go
+    wait_until(lambda: bystander.types() == ["status"])
 
 
 def test_the_relay_keeps_the_order_of_statuses_under_a_light_load():
