@@ -9,6 +9,11 @@ order, a burst as one pub/sub message (every web process pays per message it rec
 cluster) events are not published. Pub/sub ignores Redis database numbers, so the channel name
 carries the URL's database number: farms sharing one Redis server on different databases do not
 see each other's events.
+
+Beside the events, each worker keeps the node it is running in one Redis hash (RUNNING, field =
+worker name), so that any web process, one started after the prompt began included, can tell a
+reconnecting client its running node (spec 4.1). A worker clears its field when its prompt ends,
+when it starts and when it stops; the worker that reaps a dead one clears the dead one's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 CHANNEL = "farm:events"
+RUNNING = "farm:running"  # hash: worker name -> {"prompt_id", "client_id", "node"} it runs now
 
 
 def redis_client_url(url: str) -> str:
@@ -100,22 +106,49 @@ def status_data(queue_remaining: int) -> dict:
     return {"status": {"exec_info": {"queue_remaining": queue_remaining}}}
 
 
+class _RunningNode:
+    """A change to the RUNNING hash: `worker` runs `value` now (JSON), or nothing (None)."""
+
+    __slots__ = ("worker", "value")
+
+    def __init__(self, worker: str, value: str | None):
+        self.worker = worker
+        self.value = value
+
+
 class EventBus:
-    def __init__(self, url: str | None, max_batch: int = 256, max_message_bytes: int = 1 << 20):
+    def __init__(self, url: str | None, max_batch: int = 256, max_message_bytes: int = 1 << 20,
+                 worker: str | None = None):
         self.url = url
         self.channel = channel_for(url)
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
-        # Encoded events, functions that encode one when its turn comes, or None (stop).
-        self._queue: queue.Queue[str | Callable[[], str] | None] = queue.Queue()
+        self.worker = worker  # a worker's name: its `executing` events keep its RUNNING field
+        # Encoded events, functions that encode one when its turn comes, RUNNING changes, flush
+        # markers (set once what came before them is sent), or None (stop).
+        self._queue: queue.Queue[str | Callable[[], str] | _RunningNode | threading.Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def publish(self, event_type: str, data: dict, *, prompt_id: str | None = None, client_id: str | None = None) -> None:
+    def publish(self, event_type: str, data: dict, *, prompt_id: str | None = None, client_id: str | None = None,
+                own: bool = True) -> None:
+        """Queue one event; `own=False` for a prompt this worker does not run (a lost one it ends)."""
         if not self.url:
             return
         self._start()
         self._queue.put(encode_event(event_type, data, prompt_id, client_id))
+        if own and self.worker is not None and event_type == "executing" and isinstance(data, dict):
+            node = data.get("display_node") or data.get("node")
+            self._queue.put(_RunningNode(self.worker, None if node is None else json.dumps(
+                {"prompt_id": prompt_id, "client_id": client_id, "node": node})))
+
+    def forget_running(self, workers: list[str]) -> None:
+        """These workers run nothing (this one starting or stopping, dead ones reaped)."""
+        if not self.url:
+            return
+        self._start()
+        for name in workers:
+            self._queue.put(_RunningNode(name, None))
 
     def publish_status(self, count: Callable[[], int]) -> None:
         """A `status` broadcast in its place among the events, counted by the sender thread when
@@ -124,6 +157,14 @@ class EventBus:
             return
         self._start()
         self._queue.put(lambda: encode_event("status", status_data(count())))
+
+    def flush(self, timeout: float = 5) -> bool:
+        """Wait until everything queued before now was sent (or failed to be); False on timeout."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
 
     def close(self, timeout: float = 5) -> None:
         """Send what is queued, then stop the sender thread."""
@@ -146,15 +187,30 @@ class EventBus:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            stop = None in batch
-            events = [event for event in map(self._resolve, batch) if event is not None]
+            events, changes, flushes, stop = [], [], [], False
+            for item in batch:
+                if item is None:
+                    stop = True
+                elif isinstance(item, _RunningNode):
+                    changes.append(item)
+                elif isinstance(item, threading.Event):
+                    flushes.append(item)
+                elif (event := self._resolve(item)) is not None:
+                    events.append(event)
             try:
                 pipeline = client.pipeline(transaction=False)
                 for message in self._messages(events):
                     pipeline.publish(self.channel, message)
+                for change in changes:  # in order: a node, then the prompt's end, is nothing running
+                    if change.value is None:
+                        pipeline.hdel(RUNNING, change.worker)
+                    else:
+                        pipeline.hset(RUNNING, change.worker, change.value)
                 pipeline.execute()
             except Exception:  # noqa: BLE001 - live events are best effort; history is the record
                 log.exception("could not publish %d event(s)", len(events))
+            for done in flushes:
+                done.set()
             if stop:
                 return
 
@@ -179,6 +235,37 @@ class EventBus:
             size += len(event) + 1
         if group:
             yield "\n".join(group)
+
+
+class RunningNodes:
+    """A web process's reader of the RUNNING hash (one Redis round trip per question)."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self._client = None
+
+    def for_client(self, client_id: str) -> str | None:
+        """The display id of the node running now in a prompt of `client_id`, if any."""
+        if not self.url:
+            return None
+        try:
+            if self._client is None:
+                import redis
+
+                self._client = redis.Redis.from_url(redis_client_url(self.url), socket_timeout=2,
+                                                    socket_connect_timeout=2)
+            entries = self._client.hvals(RUNNING)
+        except Exception:  # noqa: BLE001 - a Redis outage costs the reconnect hint, not the socket
+            log.warning("could not read the running nodes from the event bus", exc_info=True)
+            return None
+        for raw in entries:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("client_id") == client_id and entry.get("node") is not None:
+                return str(entry["node"])
+        return None
 
 
 class StatusPublisher:

@@ -10,7 +10,6 @@ prompt, or to everything, get every event of the prompts they watch.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import socket
@@ -18,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from farm.events import BusEvent, EventListener
+from farm.events import BusEvent, EventListener, RunningNodes
 from farm.graph.progress import PREVIEW_EVENT
 from web.outbox import PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, Outbox, binary_frame, preview_frame, text_frame
 
@@ -29,9 +28,6 @@ CLIENT_ONLY = frozenset({
     "execution_start", "execution_cached", "executing", "executed", "execution_success", "execution_error",
 })
 BROADCAST = frozenset({"status"})
-ENDINGS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
-# Running prompts remembered for reconnecting clients; a prompt whose worker died is never ended.
-MAX_TRACKED_PROMPTS = 4096
 # `status` broadcasts fanned out per second beyond a burst (see StatusGate).
 STATUS_RATE, STATUS_BURST = 20.0, 20
 
@@ -180,8 +176,7 @@ class Relay:
         self._by_sid: dict[str, Client] = {}
         self._watchers: dict[str, set[Client]] = {}
         self._everything: set[Client] = set()
-        # prompt_id -> (client_id, display id of the node running now), for reconnects.
-        self._running: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        self.running_nodes = RunningNodes(events_url)  # what the workers run now, for reconnects
 
     # sockets ------------------------------------------------------------------------------------
     def new_client(self, sid: str, wake: threading.Event, sock: socket.socket | None = None, **options) -> Client:
@@ -236,12 +231,8 @@ class Relay:
                 self._watchers.setdefault(prompt_id, set()).add(client)
 
     def executing_node(self, sid: str) -> str | None:
-        """The node running now in a prompt of `sid`, if this process has seen one start."""
-        with self._lock:
-            for client_id, node in reversed(self._running.values()):
-                if client_id == sid:
-                    return node
-        return None
+        """The node running now in a prompt of `sid`, as its worker reported it."""
+        return self.running_nodes.for_client(sid)
 
     def close_all(self) -> None:
         """The server is stopping: every socket sends what it has queued, then closes."""
@@ -267,8 +258,6 @@ class Relay:
         # Only errors need their data to be routed: every other event goes on unparsed.
         target = route(event.type, event.data if event.type == "execution_error" else None, event.client_id)
         with self._lock:
-            if prompt_id is not None:
-                self._track(event)
             if target.everyone:
                 clients = list(self._clients)
             else:
@@ -311,20 +300,6 @@ class Relay:
     def _release_status(self, event: BusEvent) -> None:
         with self._dispatch_lock:
             self._dispatch(event)
-
-    def _track(self, event: BusEvent) -> None:
-        if event.type == "executing":
-            data = event.data
-            node = data.get("node") if isinstance(data, dict) else None
-            if node is None:
-                self._running.pop(event.prompt_id, None)
-            elif event.client_id:
-                self._running[event.prompt_id] = (event.client_id, data.get("display_node") or node)
-                self._running.move_to_end(event.prompt_id)
-                if len(self._running) > MAX_TRACKED_PROMPTS:
-                    self._running.popitem(last=False)
-        elif event.type in ENDINGS and (event.type != "execution_error" or not _blocked(event.type, event.data)):
-            self._running.pop(event.prompt_id, None)
 
     def _drop(self, client: Client) -> None:
         if client.dropped:

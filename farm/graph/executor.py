@@ -131,6 +131,7 @@ class GraphExecutor:
                 )
                 result = cls().run(ctx, **inputs)
             except Interrupted:
+                progress.flush()
                 send("execution_interrupted", {
                     "prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
                     "executed": list(executed), "timestamp": now_ms(),
@@ -142,6 +143,7 @@ class GraphExecutor:
                     self.on_out_of_memory()  # free every cache so the next prompt starts clean
                 payload = self._error_payload(prompt_id, node_id, class_type, executed, exception, inputs, prompt,
                                               OUT_OF_MEMORY_TIP if out_of_memory else "")
+                progress.flush()
                 send("execution_error", payload)
                 return ExecutionResult("error", outputs, messages, payload)
             values[node_id] = tuple(result.values)
@@ -152,6 +154,7 @@ class GraphExecutor:
                 outputs[node_id] = result.ui
                 send("executed", {"node": node_id, "display_node": node_id, "output": result.ui, "prompt_id": prompt_id})
             progress.finish(node_id)
+        progress.flush()
         send("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
         return ExecutionResult("success", outputs, messages)
 

@@ -2,8 +2,15 @@
 
 `progress_state` carries every node started so far in the prompt, running or finished (ComfyUI's
 cumulative view). Each message is built from per-node JSON encoded when that node changed, so a
-graph of n nodes costs O(n) string joins per message, not O(n) re-encodings. Previews are made only when a preview method is on, and at most one per
-PREVIEW_INTERVAL per prompt: the node offers a render function, which runs only when due.
+graph of n nodes costs O(n) string joins per message, not O(n) re-encodings. Its size grows with
+the graph while its rate grows with the speed of the nodes, so a prompt's snapshots share a byte
+budget (STATE_BYTES_PER_SECOND): past it a snapshot is skipped, the next one carries everything,
+and the last one always goes before the prompt's end. Graphs of ordinary size never reach it and
+get ComfyUI's exact sequence; a 1,500-node chain of quick nodes would otherwise push hundreds of
+MB a second through Redis, which disconnects subscribers that fall that far behind.
+
+Previews are made only when a preview method is on, and at most one per PREVIEW_INTERVAL per
+prompt: the node offers a render function, which runs only when due.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ log = logging.getLogger(__name__)
 # The bus event that carries a preview image; web processes turn it into binary frames.
 PREVIEW_EVENT = "preview_image"
 PREVIEW_INTERVAL = 0.25
+# The progress_state budget of one prompt: bytes a second, and the burst a quiet prompt saves up.
+STATE_BYTES_PER_SECOND = 1 << 20
+STATE_BURST_BYTES = 256 << 10
 # ComfyUI's --preview-method values; the farm renders every method but "none" as latent2rgb.
 PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
 
@@ -46,6 +56,9 @@ class ProgressReporter:
         self.nodes: dict[str, dict] = {}
         self._encoded: dict[str, str] = {}  # node id -> '"id":{entry}'
         self._prefix = '{"prompt_id":' + json.dumps(prompt_id) + ',"nodes":{'
+        self._budget, self._budget_at = float(STATE_BURST_BYTES), time.monotonic()
+        self._skipped = False  # a snapshot was skipped since the last one sent
+        self._size = len(self._prefix) + 1  # the snapshot's length: "}}", less the first entry's comma
         # A node offers a render function; it runs only when a report is due a preview.
         self.offer_preview = self._offer if previews else None
         self._render: Callable[[], tuple[str, bytes]] | None = None
@@ -70,6 +83,11 @@ class ProgressReporter:
             self._send_preview(node_id, render)
         self.send("progress", {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id})
 
+    def flush(self) -> None:
+        """The prompt ends: send the latest snapshot if the budget held it back."""
+        if self._skipped:
+            self._send_state(always=True)
+
     def _offer(self, render: Callable[[], tuple[str, bytes]]) -> None:
         self._render = render
 
@@ -84,9 +102,23 @@ class ProgressReporter:
 
     def _update(self, node_id: str, **changes) -> None:
         entry = self.nodes[node_id] = {**self._entry(node_id), **changes}
-        self._encoded[node_id] = json.dumps(node_id) + ":" + json.dumps(entry, separators=(",", ":"))
+        encoded = json.dumps(node_id) + ":" + json.dumps(entry, separators=(",", ":"))
+        previous = self._encoded.get(node_id)
+        self._size += len(encoded) - (len(previous) if previous is not None else -1)  # -1: its comma
+        self._encoded[node_id] = encoded
 
-    def _send_state(self) -> None:
+    def _send_state(self, always: bool = False) -> None:
+        now = time.monotonic()
+        self._budget = min(float(STATE_BURST_BYTES), self._budget + (now - self._budget_at) * STATE_BYTES_PER_SECOND)
+        self._budget_at = now
+        # Known before joining: a skipped snapshot costs nothing. A snapshot bigger than the burst
+        # goes when the budget is full, and the debt it leaves is paid off before the next.
+        size = self._size
+        if not always and self._budget < min(size, STATE_BURST_BYTES):
+            self._skipped = True
+            return
+        self._budget -= size
+        self._skipped = False
         encoded = self._prefix + ",".join(self._encoded.values()) + "}}"
         self.send("progress_state", EncodedDict({"prompt_id": self.prompt_id, "nodes": dict(self.nodes)}, encoded))
 

@@ -48,25 +48,48 @@ class WorkerInfo:
     current_prompt: str | None = None
 
 
-def register(database, info: WorkerInfo, settings) -> None:
-    """Insert or replace this worker's row; prompts held by its previous session are taken back."""
+@dataclasses.dataclass(frozen=True)
+class LostPrompt:
+    """A prompt that ended in error because the workers running it kept getting lost."""
+
+    prompt_id: str
+    client_id: str | None
+    error: dict  # the execution_error of its history entry
+
+
+@dataclasses.dataclass
+class Reaped:
+    """What a reap did: prompts taken back, those of them that failed, the dead workers removed."""
+
+    taken: int = 0
+    failed: list[LostPrompt] = dataclasses.field(default_factory=list)
+    dead: list[str] = dataclasses.field(default_factory=list)
+
+
+def register(database, info: WorkerInfo, settings) -> list[LostPrompt]:
+    """Insert or replace this worker's row; prompts held by its previous session are taken back
+    (the ones out of attempts are returned: they ended in error)."""
     now = utcnow()
+    failed: list[LostPrompt] = []
     with database.write() as session:
-        _take_back(session, settings, [info.name], reason=f"worker {info.name} restarted while holding this prompt")
+        _take_back(session, settings, [info.name], f"worker {info.name} restarted while holding this prompt", failed)
         session.execute(delete(Worker).where(Worker.name == info.name))
         session.add(Worker(**dataclasses.asdict(info), started_at=now, last_seen=now))
+    return failed
 
 
-def heartbeat(database, info: WorkerInfo, settings) -> None:
+def heartbeat(database, info: WorkerInfo, settings) -> list[LostPrompt]:
+    """Refresh this worker's row; a worker presumed dead registers again (see `register`)."""
     with database.write() as session:
         values = dataclasses.asdict(info)
         found = session.execute(
             update(Worker).where(Worker.name == info.name, Worker.session == info.session)
             .values(**values, last_seen=utcnow())
         ).rowcount
-    if not found:
-        log.warning("worker %s was presumed dead; registering again", info.name)
-        register(database, info, settings)
+    if found:
+        return []
+    log.warning("worker %s was presumed dead; registering again", info.name)
+    return register(database, info, settings)
 
 
 def deregister(database, info: WorkerInfo) -> None:
@@ -81,8 +104,8 @@ def deregister(database, info: WorkerInfo) -> None:
         session.execute(delete(Worker).where(Worker.name == info.name, Worker.session == info.session))
 
 
-def reap(database, settings) -> int:
-    """Take prompts back from dead workers and from dispatches never claimed; return how many."""
+def reap(database, settings) -> Reaped:
+    """Take prompts back from dead workers and from dispatches never claimed."""
     now = utcnow()
     with database.reading() as session:
         dead = session.scalars(
@@ -94,19 +117,21 @@ def reap(database, settings) -> int:
                 Prompt.dispatched_at < now - dt.timedelta(seconds=settings.dispatch_timeout_seconds),
             ).limit(1)
         )
+    reaped = Reaped(dead=list(dead))
     if not dead and unclaimed is None:
-        return 0
+        return reaped
     with database.write() as session:
-        taken = _take_back(session, settings, dead, reason="the worker running this prompt stopped responding")
-        taken += _take_back_unclaimed(session, settings, now)
+        reaped.taken = _take_back(session, settings, dead, "the worker running this prompt stopped responding",
+                                  reaped.failed)
+        reaped.taken += _take_back_unclaimed(session, settings, now, reaped.failed)
         if dead:
             session.execute(delete(Worker).where(Worker.name.in_(dead)))
-    if taken:
-        log.warning("took back %d prompt(s) from lost workers", taken)
-    return taken
+    if reaped.taken:
+        log.warning("took back %d prompt(s) from lost workers", reaped.taken)
+    return reaped
 
 
-def _take_back(session, settings, workers: list[str], reason: str) -> int:
+def _take_back(session, settings, workers: list[str], reason: str, failed: list[LostPrompt]) -> int:
     if not workers:
         return 0
     rows = session.execute(
@@ -114,11 +139,11 @@ def _take_back(session, settings, workers: list[str], reason: str) -> int:
         .with_for_update()
     ).scalars().all()
     for row in rows:
-        _requeue_or_fail(row, settings, reason)
+        _requeue_or_fail(row, settings, reason, failed)
     return len(rows)
 
 
-def _take_back_unclaimed(session, settings, now) -> int:
+def _take_back_unclaimed(session, settings, now, failed: list[LostPrompt]) -> int:
     rows = session.execute(
         select(Prompt).where(
             Prompt.state == PromptState.DISPATCHED.value,
@@ -126,11 +151,11 @@ def _take_back_unclaimed(session, settings, now) -> int:
         ).with_for_update(skip_locked=True)
     ).scalars().all()
     for row in rows:
-        _requeue_or_fail(row, settings, f"worker {row.worker} did not start this prompt in time")
+        _requeue_or_fail(row, settings, f"worker {row.worker} did not start this prompt in time", failed)
     return len(rows)
 
 
-def _requeue_or_fail(row: Prompt, settings, reason: str) -> None:
+def _requeue_or_fail(row: Prompt, settings, reason: str, failed: list[LostPrompt]) -> None:
     if row.attempt < settings.max_attempts:
         row.state = PromptState.QUEUED.value
         row.worker = None
@@ -148,6 +173,7 @@ def _requeue_or_fail(row: Prompt, settings, reason: str) -> None:
     row.outputs = {}
     row.messages = [["execution_error", error]]
     row.execution_error = error
+    failed.append(LostPrompt(row.prompt_id, row.client_id, error))
 
 
 def live_workers(database, settings) -> list[Worker]:

@@ -50,7 +50,7 @@ class WorkerRuntime:
             self.context.registry, self.context.storage, self.context.node_env,
             models=self.models, cache=self.execution_cache, on_out_of_memory=self._free_everything,
         )
-        self.bus = EventBus(settings.events_url)
+        self.bus = EventBus(settings.events_url, worker=name)
         self.executor.preview_method = settings.preview_method
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
@@ -70,7 +70,8 @@ class WorkerRuntime:
     # lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._refresh_info()
-        workers.register(self.context.database, self.info, self.settings)
+        self.bus.forget_running([self.name])  # whatever this worker's previous life was running
+        self._announce_lost(workers.register(self.context.database, self.info, self.settings))
         log.info("worker %s registered (%s)", self.name, self.info.device_name)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
         self._heartbeat_thread.start()
@@ -87,6 +88,7 @@ class WorkerRuntime:
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=10)
         workers.deregister(self.context.database, self.info)
+        self.bus.forget_running([self.name])
         self.bus.close()
         self.context.database.dispose()
         log.info("worker %s deregistered", self.name)
@@ -138,9 +140,11 @@ class WorkerRuntime:
         while not self._stopping.wait(self.settings.heartbeat_seconds):
             try:
                 self._refresh_info()
-                workers.heartbeat(self.context.database, self.info, self.settings)
-                if workers.reap(self.context.database, self.settings):
-                    self._publish_status()
+                self._announce_lost(workers.heartbeat(self.context.database, self.info, self.settings))
+                reaped = workers.reap(self.context.database, self.settings)
+                self.bus.forget_running(reaped.dead)
+                if reaped.taken:
+                    self._announce_lost(reaped.failed, status=True)
                 self.context.dispatcher.dispatch()
             except Exception:  # noqa: BLE001 - a database or broker hiccup must not kill the worker
                 log.exception("heartbeat failed")
@@ -208,6 +212,18 @@ class WorkerRuntime:
             }
             emit("execution_error", error)
             return ExecutionResult("error", {}, [["execution_error", error]], error)
+
+    def _announce_lost(self, failed: list[workers.LostPrompt], status: bool = False) -> None:
+        """Prompts that lost their workers too often ended in error: their clients hear it as from a
+        worker, execution_error, the status broadcast, then the final executing."""
+        for lost in failed:
+            self.bus.publish("execution_error", lost.error, prompt_id=lost.prompt_id, client_id=lost.client_id,
+                             own=False)
+        if failed or status:
+            self._publish_status()
+        for lost in failed:
+            self.bus.publish("executing", {"node": None, "prompt_id": lost.prompt_id},
+                             prompt_id=lost.prompt_id, client_id=lost.client_id, own=False)
 
     def _publish_status(self) -> None:
         """The `status` broadcast, in order with this worker's events (counted by the bus's thread)."""

@@ -11,6 +11,7 @@ import collections
 import io
 import json
 import random
+import signal
 import socket
 import threading
 import time
@@ -37,10 +38,20 @@ SAVE_STEPS = ["progress_state", "executing", "executed", "progress_state"]
 
 
 class Cluster:
-    def __init__(self, web_a: FarmProcess, web_b: FarmProcess, worker: FarmProcess, redis_url: str):
+    def __init__(self, web_a: FarmProcess, web_b: FarmProcess, worker: FarmProcess, redis_url: str, env: dict,
+                 folder):
         self.a, self.b, self.worker = web_a, web_b, worker
         self.bus = redis.Redis.from_url(redis_url)
         self.channel = channel_for(redis_url)
+        self.env, self.folder = env, folder
+
+    def start_web(self) -> FarmProcess:
+        """One more web process of this cluster, started now."""
+        port = free_port()
+        web = FarmProcess(["web", "--port", str(port)], {**self.env, "FARM_WEB_PROCESSES": "1"},
+                          self.folder / f"web-{port}.log", port)
+        web.wait_ready()
+        return web
 
     def publish(self, event_type: str, data: dict, prompt_id=None, client_id=None) -> None:
         self.bus.publish(self.channel, encode_event(event_type, data, prompt_id, client_id))
@@ -79,7 +90,7 @@ def cluster(tmp_path_factory):
             while requests.get(f"{web_a.url}/models/checkpoints", timeout=5).json() != ["tiny.safetensors"]:
                 assert time.monotonic() < deadline, worker.output()
                 time.sleep(0.1)
-            yield Cluster(web_a, web_b, worker, redis_url)
+            yield Cluster(web_a, web_b, worker, redis_url, env, tmp)
         finally:
             for process in reversed(processes):
                 process.stop()
@@ -299,19 +310,60 @@ def test_observers_follow_prompts_they_did_not_submit(cluster):
 
 
 def test_a_reconnecting_client_learns_the_node_running_for_it(cluster):
-    first = Socket(cluster.a, "?clientId=c-again")
-    prompt_id = submit(cluster.a, long_chain(size=64), client_id="c-again")
-    first.wait(executing_count(first, prompt_id, 5))
-    first.close()
-    again = Socket(cluster.b, "?clientId=c-again")
-    messages = again.wait(lambda messages: len(messages) >= 2)
-    assert messages[0] == ("status", {"status": {"exec_info": {"queue_remaining": 1}}, "sid": "c-again"}), \
-        messages[:3]
-    name, data = messages[1]
-    assert name == "executing" and list(data) == ["node"] and data["node"] in long_chain(size=64), messages[:3]
-    interrupt(cluster.a, prompt_id)
-    assert types(again.until_done(prompt_id))[-3:] == ["execution_interrupted", "status", "executing"]
-    again.close()
+    late = cluster.start_web()  # a web process without sockets until the reconnect knows it too
+    try:
+        first = Socket(cluster.a, "?clientId=c-again")
+        prompt_id = submit(cluster.a, long_chain(size=64), client_id="c-again")
+        first.wait(executing_count(first, prompt_id, 5))
+        first.close()
+        for server in (cluster.b, late):
+            again = Socket(server, "?clientId=c-again")
+            messages = again.wait(lambda messages: len(messages) >= 2)
+            assert messages[0] == ("status", {"status": {"exec_info": {"queue_remaining": 1}}, "sid": "c-again"}), \
+                messages[:3]
+            name, data = messages[1]
+            assert name == "executing" and list(data) == ["node"] and data["node"] in long_chain(size=64), \
+                messages[:3]
+            if server is cluster.b:
+                again.close()
+        interrupt(cluster.a, prompt_id)
+        assert types(again.until_done(prompt_id))[-3:] == ["execution_interrupted", "status", "executing"]
+        again.close()
+        fresh = Socket(late, "?clientId=c-again")  # the prompt is over: no executing hint
+        cluster.sync(fresh)
+        assert types(fresh.messages) == ["status", MARKER]
+        fresh.close()
+    finally:
+        late.stop()
+
+
+def test_a_prompt_whose_worker_is_lost_past_its_attempts_ends_as_an_error_for_its_client(tmp_path):
+    redis_url = service_url("redis").rsplit("/", 1)[0] + f"/{random.randint(1, 15)}"
+    env = {**farm_env(tmp_path / "data", broker_url=redis_url), "FARM_MAX_ATTEMPTS": "1"}
+    port = free_port()
+    web = FarmProcess(["web", "--port", str(port)], {**env, "FARM_WEB_PROCESSES": "1"}, tmp_path / "web.log", port)
+    worker = FarmProcess(["worker", "--cpu", "--name", "lost"], env, tmp_path / "worker.log")
+    again = None
+    try:
+        assert FarmProcess(["db", "upgrade"], env, tmp_path / "upgrade.log").process.wait(60) == 0
+        web.wait_ready()
+        client = Socket(web, "?clientId=c-lost")
+        prompt_id = submit(web, long_chain(size=64), client_id="c-lost")
+        client.wait(executing_count(client, prompt_id, 5), timeout=90)
+        worker.stop(signal.SIGKILL)  # lost mid-prompt, on its one and only attempt
+        again = FarmProcess(["worker", "--cpu", "--name", "lost"], env, tmp_path / "worker-again.log")
+        messages = client.until_done(prompt_id)
+        assert types(messages)[-3:] == ["execution_error", "status", "executing"]
+        error = messages[-3][1]
+        assert set(error) == ERROR_KEYS and error["exception_type"] == "WorkerLost"
+        entry = requests.get(f"{web.url}/history/{prompt_id}", timeout=5).json()[prompt_id]
+        assert entry["status"]["messages"] == [["execution_error", error]]
+        assert Socket(web, "?clientId=c-lost").wait(lambda m: m)[:1] == [  # nothing runs for it any more
+            ("status", {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "c-lost"})]
+    finally:
+        for process in (again, web):
+            if process is not None:
+                process.stop()
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -124,7 +124,7 @@ def test_stale_attempt_and_late_result_are_refused(client, context, sender):
     # The worker is presumed dead: the prompt goes back to the queue and is dispatched again.
     with context.database.write() as session:
         session.execute(update(Worker).values(last_seen=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)))
-    assert workers.reap(context.database, context.settings) == 1
+    assert workers.reap(context.database, context.settings).taken == 1
     register(context, "w2")
     context.dispatcher.dispatch()
     (again,) = take(sender)

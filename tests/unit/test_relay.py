@@ -179,9 +179,29 @@ def test_progress_state_is_encoded_from_its_nodes_parts_and_reads_as_the_plain_d
     for data in sent:
         (received,) = decode_events(encode_event("progress_state", data, "p1", "c1"))
         assert received.data == data == json.loads(json.dumps(data))  # the parts make the same JSON
+    assert reporter._size == len(sent[-1].json)  # the budget's bookkeeping is exact
     assert sent[0]["nodes"]["1"]["state"] == "running"  # a sent message never changes afterwards
     assert sent[-1]["nodes"]["1"] == {"value": 4, "max": 4, "state": "finished", "node_id": "1", "prompt_id": 'p"1',
                                       "display_node_id": "1", "parent_node_id": None, "real_node_id": "1"}
+
+
+def test_a_big_graph_s_snapshots_share_a_byte_budget_and_the_last_goes_before_the_end(monkeypatch):
+    from farm.graph import progress
+    from farm.graph.progress import ProgressReporter
+
+    monkeypatch.setattr(progress, "STATE_BURST_BYTES", 20_000)
+    monkeypatch.setattr(progress, "STATE_BYTES_PER_SECOND", 1)  # no refill within the test
+    sent = []
+    reporter = ProgressReporter(lambda event_type, data: sent.append(data.json), "p1", previews=False)
+    for node in range(300):
+        reporter.start(str(node))
+        reporter.finish(str(node))
+    assert 10 < len(sent) < 100 and sum(map(len, sent)) < 40_000  # without the budget: 600 and ~9 MB
+    reporter.flush()
+    assert json.loads(sent[-1])["nodes"]["299"]["state"] == "finished"
+    count = len(sent)
+    reporter.flush()  # nothing held back any more
+    assert len(sent) == count
 
 
 PROMPT_EVENTS = ["execution_start", "execution_cached", "progress_state", "executing", "progress", "executed",
@@ -296,17 +316,6 @@ def test_previews_are_binary_type_4_before_the_progress_for_sockets_that_asked_a
     relay.dispatch(preview_event(None))
     relay.dispatch(event("progress_state", None, nodes={}))  # another event: the preview keeps its place
     assert plain.types() == ["binary", "progress_state"]
-
-
-def test_the_running_node_of_a_client_is_remembered_until_its_prompt_ends():
-    relay = Relay(None)
-    relay.dispatch(bus("executing", {"node": "5", "display_node": "4", "prompt_id": "p1"}, "p1", "c1"))
-    relay.dispatch(bus("executing", {"node": "9", "display_node": "9", "prompt_id": "p2"}, "p2"))
-    assert relay.executing_node("c1") == "4" and relay.executing_node("c2") is None
-    relay.dispatch(event("execution_error", "c1", exception_type="ExecutionBlocked"))  # goes on
-    assert relay.executing_node("c1") == "4"
-    relay.dispatch(event("execution_interrupted", "c1"))
-    assert relay.executing_node("c1") is None
 
 
 def test_the_channel_carries_the_redis_database_number():
