@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 PREVIEW_EVENT = "preview_image"
 PREVIEW_INTERVAL = 0.25
 # The progress_state budget of one prompt: bytes a second, and the burst a quiet prompt saves up.
-STATE_BYTES_PER_SECOND = 1 << 20
-STATE_BURST_BYTES = 256 << 10
+STATE_BYTES_PER_SECOND = 2 << 20
+STATE_BURST_BYTES = 512 << 10
 # ComfyUI's --preview-method values; the farm renders every method but "none" as latent2rgb.
 PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
 
