@@ -238,15 +238,21 @@ class EventBus:
 
 
 class RunningNodes:
-    """A web process's reader of the RUNNING hash (one Redis round trip per question)."""
+    """A web process's reader of the RUNNING hash (one Redis round trip per question).
 
-    def __init__(self, url: str | None):
+    After a failure it does not ask again for `retry_after` seconds: while Redis is down, new
+    sockets connect without waiting on it.
+    """
+
+    def __init__(self, url: str | None, retry_after: float = 5.0):
         self.url = url
+        self.retry_after = retry_after
         self._client = None
+        self._failed_at = float("-inf")
 
     def for_client(self, client_id: str) -> str | None:
         """The display id of the node running now in a prompt of `client_id`, if any."""
-        if not self.url:
+        if not self.url or time.monotonic() - self._failed_at < self.retry_after:
             return None
         try:
             if self._client is None:
@@ -255,8 +261,9 @@ class RunningNodes:
                 self._client = redis.Redis.from_url(redis_client_url(self.url), socket_timeout=2,
                                                     socket_connect_timeout=2)
             entries = self._client.hvals(RUNNING)
-        except Exception:  # noqa: BLE001 - a Redis outage costs the reconnect hint, not the socket
-            log.warning("could not read the running nodes from the event bus", exc_info=True)
+        except Exception as exception:  # noqa: BLE001 - a Redis outage costs the reconnect hint, not the socket
+            self._failed_at = time.monotonic()
+            log.warning("could not read the running nodes from the event bus (%s)", exception)
             return None
         for raw in entries:
             try:
