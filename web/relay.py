@@ -277,7 +277,7 @@ class Relay:
         held = self._status_gate.held if _final_executing(event) else None
         held_frame = Frames(held).for_client(None, True)[1] if held is not None else None
         for client in clients:
-            if held_frame is not None and not client.outbox.put(held_frame, key=("status",)):
+            if held_frame is not None and not client.outbox.put(held_frame, key=snapshot_key(held)):
                 self._drop(client)
                 continue
             kind, frame = frames.for_client(client, target.everyone)
