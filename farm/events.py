@@ -182,12 +182,13 @@ class EventBus:
     def _send_loop(self) -> None:
         import redis
 
-        client = redis.Redis.from_url(redis_client_url(self.url), socket_timeout=5)
+        client = redis.Redis.from_url(redis_client_url(self.url), socket_timeout=5, protocol=2)
         while True:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             events, changes, flushes, stop = [], [], [], False
+            listening = None  # asked of Redis once per batch, when a status would need counting
             for item in batch:
                 if item is None:
                     stop = True
@@ -195,8 +196,12 @@ class EventBus:
                     changes.append(item)
                 elif isinstance(item, threading.Event):
                     flushes.append(item)
-                elif (event := self._resolve(item)) is not None:
-                    events.append(event)
+                elif isinstance(item, str):
+                    events.append(item)
+                else:  # a status: counting the queue is SQL work, wasted when no relay listens
+                    listening = self._listening(client) if listening is None else listening
+                    if listening and (event := self._resolve(item)) is not None:
+                        events.append(event)
             try:
                 pipeline = client.pipeline(transaction=False)
                 for message in self._messages(events):
@@ -214,10 +219,15 @@ class EventBus:
             if stop:
                 return
 
+    def _listening(self, client) -> bool:
+        """Whether any relay is subscribed now (relays subscribe only while they hold sockets)."""
+        try:
+            return bool(client.pubsub_numsub(self.channel)[0][1])
+        except Exception:  # noqa: BLE001 - unknown: count, and let the publish find out
+            return True
+
     @staticmethod
-    def _resolve(item) -> str | None:
-        if not callable(item):
-            return item
+    def _resolve(item: Callable[[], str]) -> str | None:
         try:
             return item()
         except Exception:  # noqa: BLE001 - a database hiccup costs one status broadcast
@@ -278,9 +288,10 @@ class RunningNodes:
 class StatusPublisher:
     """Turns "the queue changed" notifications into `status` broadcasts, off the request thread.
 
-    `notify()` only sets a flag; a background thread counts the queue in SQL and publishes. Calls
-    that arrive while it works are coalesced into one more broadcast, so a burst of submissions
-    costs a few counts, and the last broadcast always follows the last change.
+    `notify()` only sets a flag; a background thread hands a status to the bus, whose sender
+    counts the queue in SQL when its turn comes (and only when some relay listens). Calls that
+    arrive meanwhile are coalesced into one more broadcast, so a burst of submissions costs a few
+    counts, and the last broadcast always follows the last change.
     """
 
     def __init__(self, bus: EventBus, count: Callable[[], int], min_interval: float = 0.05, delay: float = 0.005):
@@ -308,57 +319,92 @@ class StatusPublisher:
             # A moment's delay: the request that notified finishes first, and a burst shares a count.
             time.sleep(self.delay)
             self._pending.clear()
-            try:
-                self.bus.publish("status", status_data(self.count()))
-            except Exception:  # noqa: BLE001 - a database hiccup costs one broadcast, not the thread
-                log.exception("could not count the queue for a status broadcast")
+            self.bus.publish_status(self.count)  # counted by the bus's thread, if any relay listens
             time.sleep(max(0.0, self.min_interval - self.delay))
 
 
 class EventListener:
-    """Receives every event of the bus in a thread of its own and hands each to `deliver`.
+    """Receives every event of the bus in a thread of its own and hands each to `deliver`, while
+    someone wants them.
+
+    Each socket of the web process holds the listener (`acquire`, which returns once Redis has
+    confirmed the subscription, so nothing published afterwards is missed; `release` when the
+    socket goes). `idle_seconds` after the last release it unsubscribes: a web process without
+    sockets receives nothing, where it would otherwise read and decode every event of the farm.
 
     Reconnects (with a short back-off) after any Redis error: a web process outlives Redis
     restarts. Events published while it is disconnected are lost, as live events are best effort.
     """
 
-    def __init__(self, url: str, deliver: Callable[[BusEvent], None]):
+    def __init__(self, url: str, deliver: Callable[[BusEvent], None], idle_seconds: float = 30.0,
+                 confirm_seconds: float = 5.0):
         self.url = url
         self.channel = channel_for(url)
         self.deliver = deliver
+        self.idle_seconds = idle_seconds
+        self.confirm_seconds = confirm_seconds
         self._stop = threading.Event()
+        self._wanted = threading.Event()  # subscribe (again) when set
+        self._subscribed = threading.Event()  # Redis confirmed the subscription
+        self._holders = 0
+        self._idle_since = time.monotonic()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="farm-events-listener", daemon=True)
-                    self._thread.start()
+    def acquire(self) -> bool:
+        """One more holder; True once subscribed, False if Redis did not confirm in time."""
+        with self._lock:
+            self._holders += 1
+            self._wanted.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="farm-events-listener", daemon=True)
+                self._thread.start()
+        return self._subscribed.wait(self.confirm_seconds)
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self._idle_since = time.monotonic()
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wanted.set()
+
+    def _idle(self) -> bool:
+        """True when nobody has held the listener for `idle_seconds`: time to unsubscribe."""
+        with self._lock:
+            if self._holders or time.monotonic() - self._idle_since < self.idle_seconds:
+                return False
+            # Both under the lock: an acquire from now on waits for the next subscription.
+            self._wanted.clear()
+            self._subscribed.clear()
+            return True
 
     def _run(self) -> None:
-        import redis
-
         delay = 0.1
         while not self._stop.is_set():
+            if not self._wanted.wait(1.0):
+                continue
             pubsub = None
             try:
-                # Named, so an operator (or a test) can tell the relays among Redis's clients; the
-                # health checks find a connection that died silently.
-                client = redis.Redis.from_url(redis_client_url(self.url), health_check_interval=30,
-                                              client_name=f"farm-events-{os.getpid()}")
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
+                # The client must outlive the loop: redis-py closes its pool (the subscribed
+                # connection too) when the client object is collected.
+                client, pubsub = self._subscribe()
                 delay = 0.1
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        self._deliver(message["data"])
+                    if message is not None:
+                        if message["type"] == "message":
+                            self._deliver(message["data"])
+                    elif self._idle():
+                        break
             except Exception as exception:  # noqa: BLE001 - reconnect after any Redis failure
+                self._subscribed.clear()
                 log.warning("event bus connection lost (%s); reconnecting in %.1f s", exception, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -368,6 +414,26 @@ class EventListener:
                         pubsub.close()
                     except Exception:  # noqa: BLE001
                         pass
+
+    def _subscribe(self):
+        import redis
+
+        # Named, so an operator (or a test) can tell the relays among Redis's clients; the health
+        # checks find a connection that died silently. RESP2: its pub/sub replies parse in half the
+        # time of RESP3's in redis-py, and this thread parses every event of the farm.
+        client = redis.Redis.from_url(redis_client_url(self.url), health_check_interval=30, protocol=2,
+                                      client_name=f"farm-events-{os.getpid()}")
+        pubsub = client.pubsub()
+        pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + self.confirm_seconds
+        while True:  # the confirmation is the first reply; events follow it
+            message = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            if message is not None and message["type"] == "subscribe":
+                self._subscribed.set()
+                return client, pubsub
+            if message is None and time.monotonic() >= deadline:
+                pubsub.close()
+                raise TimeoutError("Redis did not confirm the events subscription")
 
     def _deliver(self, raw: bytes) -> None:
         try:

@@ -84,6 +84,7 @@ class Client:
         self.dropped = False
         # A type-1 preview waiting for the step's `progress`: ComfyUI sends it after (spec 4.3).
         self.deferred_preview: bytes | None = None
+        self.holds_listener = False  # until detached: the relay keeps its bus subscription
 
 
 class Frames:
@@ -180,19 +181,19 @@ class Relay:
 
     # sockets ------------------------------------------------------------------------------------
     def new_client(self, sid: str, wake: threading.Event, sock: socket.socket | None = None, **options) -> Client:
-        return Client(sid, Outbox(wake, self.outbox_frames, self.outbox_bytes, sock), **options)
+        """A socket's relay state; it holds the bus listener (subscribed on return) until `detach`."""
+        client = Client(sid, Outbox(wake, self.outbox_frames, self.outbox_bytes, sock), **options)
+        if self.listener is not None:
+            client.holds_listener = True
+            if not self.listener.acquire():
+                log.warning("WebSocket %s connects without live events: the event bus is unreachable", sid)
+        return client
 
     def full(self) -> bool:
         return len(self._clients) >= self.max_sockets
 
-    def start(self) -> None:
-        """Listen to the bus (after the server forked: a thread does not survive a fork)."""
-        if self.listener is not None:
-            self.listener.start()
-
     def attach(self, client: Client) -> bool:
         """Start relaying to `client`; False when this process is full or stopping."""
-        self.start()  # for servers that never called start()
         with self._lock:
             if self.closing or len(self._clients) >= self.max_sockets:
                 return False
@@ -207,6 +208,9 @@ class Relay:
 
     def detach(self, client: Client) -> None:
         with self._lock:
+            if client.holds_listener:
+                client.holds_listener = False
+                self.listener.release()
             self._clients.discard(client)
             if self._by_sid.get(client.sid) is client:
                 del self._by_sid[client.sid]

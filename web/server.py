@@ -18,8 +18,6 @@ def _post_worker_init(worker) -> None:
     # Connect before the first request, then move every start-up object out of the garbage
     # collector's view: full collections stay short instead of pausing a request.
     worker.wsgi.extensions["farm"].warm_up()
-    # Listen to the bus from the start, so a client that reconnects mid-prompt learns its node.
-    worker.wsgi.extensions["farm_relay"].start()
     gc.collect()
     gc.freeze()
 

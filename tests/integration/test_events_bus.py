@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from farm.events import CHANNEL, RUNNING, EventBus, RunningNodes, decode_events
+from farm.events import CHANNEL, RUNNING, EventBus, EventListener, RunningNodes, channel_for, decode_events, status_data
 from tests.services import service_url
 
 pytestmark = pytest.mark.integration
@@ -75,3 +75,45 @@ def test_a_worker_keeps_its_running_node_where_any_web_process_finds_it():
     assert down.for_client("c1") is None and down.for_client("c1") is None  # Redis down: no hint, no error,
     assert time.monotonic() - started < 2  # and no second wait for it
     first.close(), second.close()
+
+
+def test_a_status_is_counted_by_the_bus_thread_in_its_place_and_only_while_a_relay_listens():
+    url = service_url("redis").rsplit("/", 1)[0] + "/11"
+    counted, received = [], []
+    listener = EventListener(url, received.append, idle_seconds=0.2)
+    bus = EventBus(url)
+
+    def count(value):
+        def counter():
+            counted.append(value)
+            if value is None:
+                raise RuntimeError("database down")
+            return value
+        return counter
+
+    bus.publish_status(count(1))  # nobody listens: not even counted
+    assert bus.flush() and counted == []
+    assert listener.acquire()  # subscribed on return: nothing published from now on is missed
+    bus.publish("execution_success", {"prompt_id": "p1"}, prompt_id="p1", client_id="c1")
+    bus.publish_status(count(7))
+    bus.publish_status(count(None))  # a failed count costs that broadcast only
+    bus.publish("executing", {"node": None, "prompt_id": "p1"}, prompt_id="p1", client_id="c1")
+    assert bus.flush()
+    deadline = time.monotonic() + 5
+    while len(received) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(e.type, e.data) for e in received] == [
+        ("execution_success", {"prompt_id": "p1"}), ("status", status_data(7)),
+        ("executing", {"node": None, "prompt_id": "p1"})]
+    assert counted == [7, None]
+
+    listener.release()  # the last holder went: after idle_seconds the relay unsubscribes
+    subscribers = lambda: redis.Redis.from_url(url).pubsub_numsub(channel_for(url))[0][1]  # noqa: E731
+    deadline = time.monotonic() + 5
+    while subscribers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribers() == 0 and not listener.subscribed
+    assert listener.acquire() and subscribers() == 1  # and subscribes again for the next socket
+    listener.release()
+    listener.stop()
+    bus.close()

@@ -333,6 +333,9 @@ class RecordingBus:
     def publish(self, event_type, data, **routing):
         self.published.append((event_type, data))
 
+    def publish_status(self, count):
+        self.publish("status", status_data(count()))
+
 
 def wait_until(condition, timeout=5.0):
     deadline = time.monotonic() + timeout
@@ -422,35 +425,6 @@ def test_a_burst_of_events_travels_in_as_few_bus_messages_as_the_size_limit_allo
     assert [e.data["value"] for m in messages for e in decode_events(m)] == list(range(50))
     (alone,) = EventBus(None, max_message_bytes=10)._messages(events[:1])  # too big for the limit: alone
     assert [e.data["value"] for e in decode_events(alone)] == [0]
-
-
-def test_a_status_counted_by_the_bus_thread_keeps_its_place_among_the_events(monkeypatch):
-    from farm.events import EventBus
-
-    published = []
-
-    class Pipeline:
-        def publish(self, channel, message):
-            published.extend(decode_events(message))
-
-        def execute(self):
-            pass
-
-    class Client:
-        def pipeline(self, transaction):
-            return Pipeline()
-
-    monkeypatch.setattr("redis.Redis.from_url", lambda *args, **kwargs: Client())
-    counts = iter([7])
-    bus = EventBus("redis://127.0.0.1:6379/0")
-    bus.publish("execution_success", {"prompt_id": "p1"}, prompt_id="p1", client_id="c1")
-    bus.publish_status(lambda: next(counts))
-    bus.publish_status(lambda: 1 / 0)  # a failed count costs that broadcast only
-    bus.publish("executing", {"node": None, "prompt_id": "p1"}, prompt_id="p1", client_id="c1")
-    bus.close()
-    assert [(e.type, e.data) for e in published] == [
-        ("execution_success", {"prompt_id": "p1"}), ("status", status_data(7)),
-        ("executing", {"node": None, "prompt_id": "p1"})]
 
 
 def test_a_newer_snapshot_replaces_a_queued_one_and_takes_its_turn_after_what_came_before():

@@ -75,14 +75,16 @@ def websocket(ws):
     hub, raw = relay(), ws.sock
     client = hub.new_client(sid, ws.event, sock=raw, kill=lambda: raw.shutdown(socket.SHUT_RDWR),
                             prompts=set(prompts), everything=everything)
-    # Every write, the connection's own pongs and close frames too, goes through the outbox: one order.
-    ws.sock = _OrderedSocket(raw, client.outbox)
-    client.outbox.put(_text("status", {**status_data(_queue_remaining()), "sid": sid}), bounded=False)
-    node = hub.executing_node(sid)
-    if node is not None:  # a reconnect during its prompt (spec 4.1)
-        client.outbox.put(_text("executing", {"node": node}), bounded=False)
     try:
-        if hub.attach(client):  # after the connect messages: they come first
+        # Every write, the connection's own pongs and close frames too, goes through the outbox: one order.
+        ws.sock = _OrderedSocket(raw, client.outbox)
+        remaining, node = _queue_remaining(), hub.executing_node(sid)
+        client.outbox.put(_text("status", {**status_data(remaining), "sid": sid}), bounded=False)
+        if node is not None:  # a reconnect during its prompt (spec 4.1)
+            client.outbox.put(_text("executing", {"node": node}), bounded=False)
+        # Right after the connect messages, which come first; the bus subscription is already
+        # confirmed, so the events of anything the client does once it has them reach it.
+        if hub.attach(client):
             _serve(ws, raw, client, hub)
         elif hub.closing:
             ws.close(GOING_AWAY, "server shutting down")
