@@ -117,6 +117,8 @@ class _RunningNode:
 
 
 class EventBus:
+    """A process's publisher: events queued without waiting, sent in order by one sender thread."""
+
     def __init__(self, url: str | None, max_batch: int = 256, max_message_bytes: int = 1 << 20,
                  worker: str | None = None):
         self.url = url
