@@ -23,7 +23,9 @@ What is measured, with tiny model-free workflows so that node work is negligible
    accepted prompts too; before each next phase the script waits until GET /prompt reports
    queue_remaining == 0 and reports how long that drain took.
 
-Every EmptyImage gets a different colour, so no server-side cache can skip the work.
+Every EmptyImage gets a different colour, so no server-side cache can skip the work. With
+`--sockets N`, N WebSockets stay connected to /ws for the whole run, reading everything (as open
+browser tabs do), so that the cost of live events is part of the figures.
 Prints one JSON object on stdout and a short table on stderr.
 """
 
@@ -234,6 +236,33 @@ def stop_farm(process: subprocess.Popen, log) -> None:
     log.close()
 
 
+class Watchers:
+    """`count` WebSockets on /ws that read and discard everything, as browser tabs left open do:
+    with them the server pays for live events (ComfyUI always sends them; the farm relays only
+    while it holds sockets)."""
+
+    def __init__(self, url: str, count: int):
+        import websocket
+
+        base = "ws" + url[len("http"):]
+        self.sockets = [websocket.create_connection(f"{base}/ws?clientId=bench-watcher-{index}", timeout=10)
+                        for index in range(count)]
+        self.received = 0
+        for sock in self.sockets:
+            threading.Thread(target=self._read, args=(sock,), daemon=True).start()
+
+    def _read(self, sock) -> None:
+        try:
+            while sock.recv_data() is not None:
+                self.received += 1
+        except Exception:  # noqa: BLE001 - closed
+            return
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
 def measure(url: str, args) -> dict:
     result = {"target": url if args.url else "farm", "prompts": args.prompts, "python": platform.python_version(),
               "cpus": os.cpu_count(), "note": "execution_start_ms is an upper bound limited by polling "
@@ -246,6 +275,17 @@ def measure(url: str, args) -> dict:
     if stats.status_code != 200:
         sys.exit(f"bench: GET {url}/system_stats answered {stats.status_code}")
     drain(url, args.drain_timeout)
+    watchers = Watchers(url, args.sockets)
+    result["sockets"] = args.sockets
+    try:
+        measure_into(result, url, args)
+    finally:
+        watchers.close()
+    result["socket_messages"] = watchers.received
+    return result
+
+
+def measure_into(result: dict, url: str, args) -> None:
     for _ in range(args.warmup):  # first prompts pay for imports and lazy start-up
         run_one(requests.Session(), url, "bench-warmup")
     result["latency"] = {"back_to_back": latency(url, args.prompts, 0.0),
@@ -256,7 +296,6 @@ def measure(url: str, args) -> dict:
             detail = accept_rate(url, make_prompt, clients, args.seconds) | drain(url, args.drain_timeout)
             result["accept_per_s"].setdefault(name, {})[str(clients)] = detail["per_s"]
             result["accept_detail"].setdefault(name, {})[str(clients)] = detail
-    return result
 
 
 def print_table(result: dict) -> None:
@@ -282,6 +321,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per throughput phase (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured prompts first (default 3)")
     parser.add_argument("--drain-timeout", type=float, default=600.0, help="max wait for an empty queue (s)")
+    parser.add_argument("--sockets", type=int, default=0,
+                        help="WebSockets held open on /ws during the run, reading every message (default 0)")
     args = parser.parse_args()
     if args.url:
         result = measure(args.url.rstrip("/"), args)
