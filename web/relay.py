@@ -6,6 +6,10 @@ waits, bounded, for the socket's own handler thread. A socket whose outbox overf
 that stopped reading, or a dead peer) is dropped with a log line, so it costs the others nothing.
 Routing is ComfyUI's (spec 4.2, `route`), plus the farm's observers: sockets subscribed to a
 prompt, or to everything, get every event of the prompts they watch.
+
+Each socket holds the bus listener from `new_client` to `detach`, so a process without sockets is
+not subscribed. The relay keeps no prompt state: what a worker runs now comes from Redis
+(farm.events.RunningNodes), so any web process answers a reconnect.
 """
 
 from __future__ import annotations
