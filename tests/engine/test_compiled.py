@@ -28,7 +28,6 @@ from farm.engine.compiled import (  # noqa: E402
 from farm.engine.model_cache import ModelCache  # noqa: E402
 from farm.engine.sampling import sample  # noqa: E402
 from farm.engine.types import DiffusionModel, LoraPatch  # noqa: E402
-from tests.engine.tiny_checkpoints import make_sd1, make_sd1_lora  # noqa: E402
 
 CONTEXT_DIM = 16
 WAIT = 300  # seconds: a cold inductor compile on a small CPU
@@ -239,15 +238,6 @@ def test_ready_buckets_run_eager_while_the_compile_thread_runs_compiled_code(tmp
 
 
 # the model cache -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    first = make_sd1(folder / "a.safetensors", seed=1)
-    make_sd1(folder / "b.safetensors", seed=2)
-    make_sd1_lora(folder / "l.safetensors", first, seed=3)
-    return folder
-
-
 def unet_call(model):
     """Arguments for a tiny SD1 UNet call, as the sampler makes them."""
     with torch.inference_mode():

@@ -8,16 +8,7 @@ import pytest
 
 from farm.engine.model_cache import ModelCache
 from farm.engine.types import LoraPatch
-from tests.engine.tiny_checkpoints import make_sd1, make_sd1_lora
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    first = make_sd1(folder / "a.safetensors", seed=1)
-    make_sd1(folder / "b.safetensors", seed=2)
-    make_sd1_lora(folder / "l.safetensors", first, seed=3)
-    return folder
+from tests.engine.tiny_checkpoints import make_sd1
 
 
 def test_a_checkpoint_is_loaded_once_and_reused(files):
