@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from farm.config import load_settings
 from farm.graph.progress import PREVIEW_METHODS
+from farm.logs import configure_logging
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,16 @@ def _add_previews(parser: argparse.ArgumentParser) -> None:
                              "FARM_PREVIEW_METHOD, default none")
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", default=None,
+                        help="show every process's full log (Celery's banner, migrations) instead of the "
+                             "start summary; FARM_VERBOSE=1")
+
+
+def _tags(value: str) -> tuple[str, ...]:
+    return tuple(tag.strip() for tag in value.split(",") if tag.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="A render farm that speaks ComfyUI's API.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,18 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cpu", action="store_true", help="one CPU worker even when GPUs are present")
     _add_cors(up)
     _add_previews(up)
+    _add_verbose(up)
 
     web = commands.add_parser("web", help="run the web server (API)")
     _add_common(web)
     _add_cors(web)
 
-    worker = commands.add_parser("worker", help="run one worker process")
+    worker = commands.add_parser("worker", help="run a worker: one process per GPU, or one on the CPU")
     _add_common(worker)
     device = worker.add_mutually_exclusive_group(required=True)
-    device.add_argument("--gpu", type=int, help="the GPU index this worker owns")
-    device.add_argument("--cpu", action="store_true", help="run on the CPU")
-    worker.add_argument("--name", help="worker name (default <host>-gpu<N> or <host>-cpu)")
+    device.add_argument("--gpus", metavar="all|ID,ID",
+                        help="one worker process per GPU: all visible GPUs (CUDA_VISIBLE_DEVICES, else "
+                             "nvidia-smi -L) or the listed ids among them; with several, each is restarted "
+                             "when it dies")
+    device.add_argument("--gpu", metavar="ID", help="one worker on this GPU (an index or a GPU-/MIG- UUID)")
+    device.add_argument("--cpu", action="store_true", help="one worker on the CPU")
+    worker.add_argument("--name", help="worker name (default <host>-gpu<N> or <host>-cpu); with --gpus the base "
+                                       "of the names: <name>-gpu<N>")
+    worker.add_argument("--tags", type=_tags, help="comma-separated labels of this worker; FARM_WORKER_TAGS")
+    worker.add_argument("--restart", action="store_true",
+                        help="run the worker as a child process and start it again when it dies (always so with "
+                             "several GPUs; farm up uses it)")
     _add_previews(worker)
+    _add_verbose(worker)
+
+    from farm import cli_ops
+
+    cli_ops.add_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -61,27 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(data_dir=args.data_dir, models_dir=args.models_dir, host=args.host, port=args.port,
+    settings = load_settings(data_dir=getattr(args, "data_dir", None), models_dir=getattr(args, "models_dir", None),
+                             host=getattr(args, "host", None), port=getattr(args, "port", None),
                              enable_cors_header=getattr(args, "enable_cors_header", None),
-                             preview_method=getattr(args, "preview_method", None))
+                             preview_method=getattr(args, "preview_method", None),
+                             worker_tags=getattr(args, "tags", None), verbose=getattr(args, "verbose", None))
+    configure_logging(settings.verbose)
 
     if args.command == "up":
         from farm.supervisor import run_farm
-        from farm.worker.device import visible_gpu_count
+        from farm.worker.device import visible_gpus
 
-        gpus = 0 if args.cpu else visible_gpu_count()
-        return run_farm(settings, list(range(gpus)) or [None])
+        return run_farm(settings, [] if args.cpu else visible_gpus())
     if args.command == "web":
         from web.server import serve
 
         serve(settings)
         return 0
     if args.command == "worker":
-        from farm.worker.main import run_worker
+        return _worker(args, settings)
+    if args.command in ("workers", "dispatch"):
+        from farm import cli_ops
 
-        run_worker(settings, None if args.cpu else args.gpu, args.name)
-        return 0
+        return cli_ops.run(args, settings)
     if args.command == "db":
         from farm.db.migrate import upgrade
 
@@ -89,6 +116,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database at head: {settings.database_url}")
         return 0
     return 2
+
+
+def _worker(args, settings) -> int:
+    """One device: this process is the worker. Several GPUs: it supervises one worker per GPU."""
+    from farm.worker.device import GpuSelectionError, check_gpu, select_gpus, visible_gpus
+
+    try:
+        if args.cpu:
+            gpus = [None]
+        elif args.gpu is not None:
+            gpus = [check_gpu(args.gpu)]
+        else:
+            gpus = select_gpus(args.gpus, visible_gpus())
+    except GpuSelectionError as error:
+        print(f"farm worker: error: {error}", file=sys.stderr)
+        return 2
+    from farm.worker.main import default_worker_name, run_worker
+
+    # With --gpus the name is always a base, so a unit file names workers alike on every host.
+    names = [default_worker_name(gpu, args.name) if args.gpus or not args.name else args.name for gpu in gpus]
+    if len(gpus) > 1 or args.restart:
+        from farm.worker.supervisor import supervise_gpus
+
+        return supervise_gpus(settings, gpus, names=names)
+    run_worker(settings, gpus[0], names[0])
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,24 @@ class Settings:
     worker_timeout_seconds: float = 15.0
     dispatch_timeout_seconds: float = 30.0
     max_attempts: int = 3
-    dispatch_depth: int = 1
+    # SIGTERM drains a worker: its running prompt may finish within this many seconds; past it
+    # the prompt is put back in the queue (its client is sent nothing final) and the worker exits.
+    stop_grace_seconds: float = 30.0
+    # A prompt running longer is interrupted and ends in error (type Timeout); None = no limit.
+    prompt_timeout_seconds: float | None = None
+    # A worker that loses or times out this many prompts in a row locks itself.
+    lock_after_failures: int = 3
+    # Model affinity: an idle worker may take, among the first `affinity_lookahead` prompts it can
+    # run, one whose checkpoint it has loaded, but never past a front prompt and never making a
+    # prompt wait longer than `affinity_max_wait_seconds` for it. 0 turns affinity off.
+    affinity_lookahead: int = 16
+    affinity_max_wait_seconds: float = 30.0
+    # Labels of this worker (`farm worker --tags`), matched against what batches require.
+    worker_tags: tuple[str, ...] = ()
+    # Extra node modules (importable names, each with a NODES tuple), loaded by web and workers.
+    node_modules: tuple[str, ...] = ()
+    # Show every child's full log (Celery banner, migrations) instead of the start summary.
+    verbose: bool = False
     history_max_items: int = 10000
     # Workers yield the CPU to the API on a shared machine (as render farm agents do).
     worker_nice: int = 5
@@ -114,9 +131,17 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         worker_timeout_seconds=number("worker_timeout_seconds", float, 15.0),
         dispatch_timeout_seconds=number("dispatch_timeout_seconds", float, 30.0),
         max_attempts=number("max_attempts", int, 3),
-        dispatch_depth=number("dispatch_depth", int, 1),
+        stop_grace_seconds=number("stop_grace_seconds", float, 30.0),
+        prompt_timeout_seconds=number("prompt_timeout_seconds", _positive_or_none, None),
+        lock_after_failures=number("lock_after_failures", int, 3),
+        affinity_lookahead=number("affinity_lookahead", int, 16),
+        affinity_max_wait_seconds=number("affinity_max_wait_seconds", float, 30.0),
+        worker_tags=number("worker_tags", _names, ()),
+        node_modules=number("node_modules", _names, ()),
+        verbose=number("verbose", _flag, False),
         history_max_items=number("history_max_items", int, 10000),
         worker_nice=number("worker_nice", int, 5),
+        model_cache_bytes=number("model_cache_bytes", int, None),
         enable_cors_header=get("enable_cors_header"),
         compile_unet=_compile_mode(get("compile_unet", "off")),
         channels_last=number("channels_last", _flag, True),
@@ -133,6 +158,17 @@ def _compile_mode(value: str) -> str:
     if mode not in COMPILE_UNET_MODES:
         raise ValueError(f"FARM_COMPILE_UNET must be one of {', '.join(COMPILE_UNET_MODES)}, not {value!r}")
     return mode
+
+
+def _names(value) -> tuple[str, ...]:
+    """A comma-separated list (or a list) of names, blanks dropped."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item and item.strip())
+
+
+def _positive_or_none(value) -> float | None:
+    number = float(value)
+    return number if number > 0 else None
 
 
 def _flag(value) -> bool:
@@ -164,12 +200,22 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "FARM_WORKER_TIMEOUT_SECONDS": str(settings.worker_timeout_seconds),
         "FARM_DISPATCH_TIMEOUT_SECONDS": str(settings.dispatch_timeout_seconds),
         "FARM_MAX_ATTEMPTS": str(settings.max_attempts),
-        "FARM_DISPATCH_DEPTH": str(settings.dispatch_depth),
+        "FARM_STOP_GRACE_SECONDS": str(settings.stop_grace_seconds),
+        "FARM_LOCK_AFTER_FAILURES": str(settings.lock_after_failures),
+        "FARM_AFFINITY_LOOKAHEAD": str(settings.affinity_lookahead),
+        "FARM_AFFINITY_MAX_WAIT_SECONDS": str(settings.affinity_max_wait_seconds),
+        "FARM_VERBOSE": "1" if settings.verbose else "0",
         "FARM_HISTORY_MAX_ITEMS": str(settings.history_max_items),
         "FARM_WORKER_NICE": str(settings.worker_nice),
         "FARM_COMPILE_UNET": settings.compile_unet,
         "FARM_CHANNELS_LAST": "1" if settings.channels_last else "0",
     }
+    if settings.prompt_timeout_seconds is not None:
+        env["FARM_PROMPT_TIMEOUT_SECONDS"] = str(settings.prompt_timeout_seconds)
+    if settings.worker_tags:
+        env["FARM_WORKER_TAGS"] = ",".join(settings.worker_tags)
+    if settings.node_modules:
+        env["FARM_NODE_MODULES"] = ",".join(settings.node_modules)
     if settings.model_cache_bytes is not None:
         env["FARM_MODEL_CACHE_BYTES"] = str(settings.model_cache_bytes)
     if settings.broker_url:

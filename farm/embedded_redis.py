@@ -48,6 +48,9 @@ def start_embedded_redis(socket_path: Path, preexec_fn=None) -> tuple[subprocess
         ],
         stdout=subprocess.DEVNULL,
         preexec_fn=preexec_fn,
+        # Out of the terminal's process group: Ctrl-C must not stop the broker before the
+        # workers have drained; `farm up` stops it last.
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while not socket_path.exists():

@@ -139,10 +139,16 @@ class EventBus:
             return
         self._start()
         self._queue.put(encode_event(event_type, data, prompt_id, client_id))
-        if own and self.worker is not None and event_type == "executing" and isinstance(data, dict):
-            node = data.get("display_node") or data.get("node")
-            self._queue.put(_RunningNode(self.worker, None if node is None else json.dumps(
-                {"prompt_id": prompt_id, "client_id": client_id, "node": node})))
+        if own and self.worker is not None and isinstance(data, dict):
+            if event_type == "executing":
+                node = data.get("display_node") or data.get("node")
+                self._queue.put(_RunningNode(self.worker, None if node is None else json.dumps(
+                    {"prompt_id": prompt_id, "client_id": client_id, "node": node})))
+            elif event_type == "progress" and data.get("node") is not None:
+                # The step too, for the operator's view of what each worker does now.
+                self._queue.put(_RunningNode(self.worker, json.dumps(
+                    {"prompt_id": prompt_id, "client_id": client_id, "node": data["node"],
+                     "value": data.get("value"), "max": data.get("max")})))
 
     def forget_running(self, workers: list[str]) -> None:
         """These workers run nothing (this one starting or stopping, dead ones reaped)."""
@@ -264,27 +270,35 @@ class RunningNodes:
 
     def for_client(self, client_id: str) -> str | None:
         """The display id of the node running now in a prompt of `client_id`, if any."""
+        for entry in self.by_worker().values():
+            if entry.get("client_id") == client_id and entry.get("node") is not None:
+                return str(entry["node"])
+        return None
+
+    def by_worker(self) -> dict[str, dict]:
+        """worker name -> {"prompt_id", "client_id", "node"[, "value", "max"]} of what it runs now."""
         if not self.url or time.monotonic() - self._failed_at < self.retry_after:
-            return None
+            return {}
         try:
             if self._client is None:
                 import redis
 
                 self._client = redis.Redis.from_url(redis_client_url(self.url), socket_timeout=2,
                                                     socket_connect_timeout=2)
-            entries = self._client.hvals(RUNNING)
-        except Exception as exception:  # noqa: BLE001 - a Redis outage costs the reconnect hint, not the socket
+            entries = self._client.hgetall(RUNNING)
+        except Exception as exception:  # noqa: BLE001 - a Redis outage costs the hint, not the request
             self._failed_at = time.monotonic()
             log.warning("could not read the running nodes from the event bus (%s)", exception)
-            return None
-        for raw in entries:
+            return {}
+        found = {}
+        for worker, raw in entries.items():
             try:
                 entry = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(entry, dict) and entry.get("client_id") == client_id and entry.get("node") is not None:
-                return str(entry["node"])
-        return None
+            if isinstance(entry, dict):
+                found[worker.decode() if isinstance(worker, bytes) else worker] = entry
+        return found
 
 
 class StatusPublisher:

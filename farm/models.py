@@ -58,6 +58,23 @@ def model_files(models_dir: str | os.PathLike, folder: str) -> list[str]:
     return sorted(found)
 
 
+def is_model_file(models_dir: str | os.PathLike, folder: str, name: str) -> bool:
+    """Whether relative path `name` is a model file of folder type `folder` that a listing would
+    show (right extension, a file, inside the folder's real path)."""
+    if not is_folder_type(folder) or os.path.splitext(name)[1].lower() not in FOLDER_EXTENSIONS.get(
+            folder, MODEL_EXTENSIONS):
+        return False
+    if any(part in ("", ".", "..") for part in name.split("/")) or "\\" in name:
+        return False  # only the spelling a listing shows: no "..", no absolute or empty parts
+    root = Path(models_dir) / folder
+    path = root / name
+    try:
+        real = path.resolve()
+        return path.is_file() and _inside(real, root.resolve()) and real != root.resolve()
+    except (OSError, ValueError):
+        return False
+
+
 def embedding_names(models_dir: str | os.PathLike) -> list[str]:
     """The embeddings' relative paths without their extension, as /embeddings lists them."""
     return strip_extensions(model_files(models_dir, "embeddings"))
@@ -80,6 +97,10 @@ class LocalModelInventory:
 
     def files(self, folder: str) -> list[str]:
         return model_files(self.models_dir, folder) if self.models_dir is not None else []
+
+    def appeared(self, folder: str, name: str) -> bool:
+        """Whether `name` is a model file of `folder` here now (checked alone, without a listing)."""
+        return self.models_dir is not None and is_model_file(self.models_dir, folder, name)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -29,7 +29,8 @@ class Storage(Protocol):
     def resolve(self, kind: str, subfolder: str, filename: str) -> Path: ...
     def open(self, kind: str, subfolder: str, filename: str) -> BinaryIO: ...
     def exists(self, kind: str, subfolder: str, filename: str) -> bool: ...
-    def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes) -> str: ...
+    def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes,
+                       before_create=None) -> str: ...
     def list_images(self, kind: str) -> list[str]: ...
     def save_upload(self, kind: str, subfolder: str, filename: str, stream: BinaryIO, overwrite: bool) -> str: ...
 
@@ -89,8 +90,10 @@ class LocalStorage:
     def open(self, kind: str, subfolder: str, filename: str) -> BinaryIO:
         return open(self.resolve(kind, subfolder, filename), "rb")
 
-    def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes) -> str:
+    def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes,
+                       before_create=None) -> str:
         """Write `data` as `<basename>_<NNNNN>_<suffix>` with the next free counter; return the name.
+        `before_create(kind, subfolder, filename)` is told each name before the file is created.
 
         The counter continues after the highest existing one (ComfyUI's rule). The folder is
         scanned once per (folder, basename) and the next counter remembered, so saving stays
@@ -105,6 +108,8 @@ class LocalStorage:
             collisions = 0
             while True:
                 filename = f"{basename}_{counter:05}_{suffix}"
+                if before_create is not None:
+                    before_create(kind, subfolder, filename)
                 try:
                     with open(folder / filename, "xb") as handle:
                         handle.write(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "ws")
+API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:

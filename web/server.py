@@ -18,6 +18,7 @@ def _post_worker_init(worker) -> None:
     # Connect before the first request, then move every start-up object out of the garbage
     # collector's view: full collections stay short instead of pausing a request.
     worker.wsgi.extensions["farm"].warm_up()
+    worker.wsgi.extensions["farm"].start_reaping()
     gc.collect()
     gc.freeze()
 

@@ -1,4 +1,4 @@
-"""The tables: prompts (queue and history in one row per prompt), workers, counters."""
+"""The tables: prompts (queue and history in one row per prompt), workers, model needs, counters."""
 
 from __future__ import annotations
 
@@ -83,6 +83,14 @@ class Prompt(Base):
     messages: Mapped[list | None] = mapped_column(JSONType)
     # The execution_error payload when a node failed (node id, class, exception, traceback...).
     execution_error: Mapped[dict | None] = mapped_column(JSONType)
+    # The model files this prompt loads (a model_needs row); None when it loads none.
+    needs_id: Mapped[int | None] = mapped_column(Integer)
+    # Workers that lost this prompt (presumed dead, or past the prompt timeout): it is retried
+    # on another worker when one can run it.
+    lost_on: Mapped[list | None] = mapped_column(JSONType)
+    # When model affinity first let an idle worker pass this prompt over (database time): the
+    # bound on how long affinity may keep it waiting counts from here.
+    passed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # The queue order: pending prompts by number, then prompt_id (ComfyUI's heap order).
@@ -100,6 +108,7 @@ class Worker(Base):
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     # A new value per process start: prompts held by an older session of this name are stale.
+    # Empty once the worker stopped or was presumed dead (the row stays for its counters).
     session: Mapped[str] = mapped_column(String(64), nullable=False)
     queue: Mapped[str] = mapped_column(String(255), nullable=False)
     host: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -115,6 +124,16 @@ class Worker(Base):
     # {folder type: [relative paths]}: the model files this worker can load (validation combos).
     model_files: Mapped[dict] = mapped_column(JSONType, nullable=False, default=dict, server_default="{}")
     current_prompt: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list] = mapped_column(JSONType, nullable=False, default=list, server_default="[]")
+    # Operator states: a draining worker finishes its prompt and takes no more; a locked one takes
+    # none until unlocked (set by an operator, or by the worker after losing prompts in a row).
+    draining: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")
+    locked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")
+    lock_reason: Mapped[str | None] = mapped_column(Text)
+    # Prompts lost or timed out in a row (reset by any prompt that ends normally).
+    failures_in_row: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    prompts_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    prompts_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     version: Mapped[str] = mapped_column(String(64), nullable=False)
     python_version: Mapped[str] = mapped_column(Text, nullable=False, default="")
     torch_version: Mapped[str] = mapped_column(String(64), nullable=False, default="")
@@ -122,8 +141,23 @@ class Worker(Base):
     last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+class ModelNeeds(Base):
+    """A set of model files some prompts need ("checkpoints/a.safetensors", ...), stored once.
+
+    Sets are few and never change, so a dispatcher keeps them in memory and asks SQL only for
+    prompts whose set the worker at hand has every file of.
+    """
+
+    __tablename__ = "model_needs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # sha256 of the sorted file list: the same set submitted anywhere maps to one row.
+    key: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    files: Mapped[list] = mapped_column(JSONType, nullable=False)
+
+
 class Counter(Base):
-    """Server-wide counters shared by every web process (the prompt number)."""
+    """Server-wide counters shared by every web process (the prompt number, dispatch paused)."""
 
     __tablename__ = "counters"
 

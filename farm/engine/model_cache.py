@@ -109,6 +109,9 @@ class ModelCache:
         self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()
         self._in_use: set[tuple] = set()
         self._lock = threading.RLock()
+        # What report() returns, rebuilt after every change: reading it never waits for the lock,
+        # which a checkpoint load holds for seconds.
+        self._report: list[dict] = []
 
     # what nodes call --------------------------------------------------------------------------
     def checkpoint(self, path: str | os.PathLike):
@@ -170,17 +173,32 @@ class ModelCache:
         with self._lock:
             self._entries.clear()
             self._in_use.clear()
+            self._snapshot()
             if self.compiler is not None:
                 self.compiler.clear()
         gc.collect()
         self._empty_device_cache()
 
     def report(self) -> list[dict]:
-        """What the heartbeat publishes: the loaded models, where they are, their size."""
-        with self._lock:
-            return [{"name": entry.label, "component": key[3] if len(key) > 3 and key[0] != "loras" else "loras",
-                     "bytes": entry.bytes, "device": self.device if entry.on_device else "cpu"}
-                    for key, entry in self._entries.items()]
+        """What the worker reports: the loaded models, where they are, their size, and for files
+        under the models folder, their "folder/relative path" (what dispatch affinity matches)."""
+        return self._report
+
+    def _snapshot(self) -> None:
+        report = []
+        for key, entry in self._entries.items():
+            item = {"name": entry.label, "component": key[3] if len(key) > 3 and key[0] != "loras" else "loras",
+                    "bytes": entry.bytes, "device": self.device if entry.on_device else "cpu"}
+            if key[0] != "loras":
+                item["file"] = self._relative(key[0])
+            report.append(item)
+        self._report = report
+
+    def _relative(self, path: str) -> str | None:
+        try:
+            return Path(path).relative_to(self.models_dir.resolve()).as_posix()
+        except ValueError:
+            return None
 
     # internals -------------------------------------------------------------------------------
     def _dtypes(self) -> dict:
@@ -236,6 +254,7 @@ class ModelCache:
                 del self._entries[key]
                 self._drop_compiled(entry)
                 log.info("dropped %s from host memory", entry.label)
+        self._snapshot()
         self._empty_device_cache()
 
     def _move(self, entry: _Entry, device: str) -> None:

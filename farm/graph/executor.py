@@ -51,6 +51,8 @@ def now_ms() -> int:
 
 def _qualified_name(exception: BaseException) -> str:
     cls = type(exception)
+    if getattr(cls, "exception_type", None):
+        return cls.exception_type
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -80,7 +82,11 @@ class GraphExecutor:
         extra_data: dict,
         emit: Emit,
         check_interrupt: Callable[[], None] = lambda: None,
+        storage=None,
     ) -> ExecutionResult:
+        """Run the prompt; `storage` replaces the executor's for this run's nodes (a worker passes
+        one that journals what the attempt writes)."""
+        storage = storage or self.storage
         messages: list[list] = []
 
         def send(event: str, data: dict) -> None:
@@ -122,7 +128,7 @@ class GraphExecutor:
                 ctx = RunContext(
                     prompt_id=prompt_id,
                     node_id=node_id,
-                    storage=self.storage,
+                    storage=storage,
                     check_interrupt=check_interrupt,
                     report_progress=lambda value, maximum, _node=node_id: self._progress(
                         progress, check_interrupt, _node, value, maximum),

@@ -14,7 +14,7 @@ from typing import Any
 from farm.graph import errors
 from farm.graph.links import is_link
 from farm.graph.types import types_compatible
-from farm.nodes.base import NodeEnvironment
+from farm.nodes.base import ModelChoices, NodeEnvironment
 from farm.nodes.registry import NodeRegistry
 
 
@@ -26,6 +26,8 @@ class Validation:
     outputs: list[str]
     node_errors: dict
     error: dict | None = None
+    # The model files the prompt loads, as "folder/relative path", sorted (placement needs them).
+    needs: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,7 +73,7 @@ def validate_prompt(
             for error in checker.node_errors.get(output_id, {}).get("errors", [])
         ]
         return Validation(prompt, [], node_errors, errors.outputs_failed("\n".join(lines)))
-    return Validation(prompt, good, node_errors)
+    return Validation(prompt, good, node_errors, needs=sorted(checker.needs))
 
 
 def _check_node_type(node_id: str, node: Any, registry: NodeRegistry) -> dict | None:
@@ -97,6 +99,7 @@ class _Checker:
         self.node_errors: dict[str, dict] = {}
         self.exceptions: dict[str, tuple[str, str, list[str]]] = {}  # node id -> (type, message, traceback)
         self._schemas: dict[str, dict] = {}
+        self.needs: set[str] = set()
 
     def schema(self, class_type: str) -> dict:
         if class_type not in self._schemas:
@@ -283,10 +286,14 @@ class _Checker:
             choices = options["options"]  # the V3 form, checked as newer ComfyUI does
         if choices is not None:
             values = value if options.get("multiselect") and isinstance(value, list) else [value]
+            model_choices = isinstance(choices, ModelChoices)
             for item in values:
-                if item not in choices:
+                if item not in choices and not (
+                        model_choices and isinstance(item, str) and self.env.model_file_appeared(choices.folder, item)):
                     self.add_error(node_id, errors.value_not_in_list(name, config, item, choices))
                     return False
+                if model_choices:
+                    self.needs.add(f"{choices.folder}/{item}")
         return True
 
 

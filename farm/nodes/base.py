@@ -24,6 +24,12 @@ class Interrupted(Exception):
     """Raised inside a prompt when it is interrupted (or the worker is shutting down)."""
 
 
+class PromptTimeout(Exception):
+    """Raised inside a prompt that ran past the farm's prompt timeout: the prompt fails."""
+
+    exception_type = "Timeout"  # what execution_error and the history call it
+
+
 @dataclasses.dataclass
 class RunContext:
     """What a running node may use besides its inputs."""
@@ -37,6 +43,15 @@ class RunContext:
     # Set only when previews are wanted: takes a function returning (image MIME type, image bytes),
     # called only if the next progress report is due a preview.
     preview: Callable[[Callable[[], tuple[str, bytes]]], None] | None = None
+
+
+class ModelChoices(list):
+    """A combo of model files: the files of one models folder type, remembering which folder, so
+    validation can record the files a prompt needs and look again for a file that just appeared."""
+
+    def __init__(self, files, folder: str):
+        super().__init__(files)
+        self.folder = folder
 
 
 class NodeEnvironment:
@@ -53,8 +68,14 @@ class NodeEnvironment:
     def input_images(self) -> list[str]:
         return self.storage.list_images("input")
 
-    def model_files(self, folder: str) -> list[str]:
-        return self.models.files(folder)
+    def model_files(self, folder: str) -> ModelChoices:
+        return ModelChoices(self.models.files(folder), folder)
+
+    def model_file_appeared(self, folder: str, name: str) -> bool:
+        """Whether `name` exists in `folder` now, looking again past any cached listing (a model
+        copied in a moment ago is usable at once, as in ComfyUI)."""
+        appeared = getattr(self.models, "appeared", None)
+        return bool(appeared is not None and appeared(folder, name))
 
 
 class Node:

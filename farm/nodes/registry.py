@@ -25,6 +25,24 @@ class NodeRegistry(Mapping[str, type[Node]]):
         return len(self._classes)
 
 
+def node_module_classes(module_names: Iterable[str]) -> list[type[Node]]:
+    """The NODES of each named module (FARM_NODE_MODULES): node packs outside the farm, such as the
+    test pack. A module that cannot be imported or has no NODES is an error at start, not later."""
+    from importlib import import_module
+
+    classes: list[type[Node]] = []
+    for name in module_names:
+        try:
+            module = import_module(name)
+        except ImportError as exception:
+            raise ValueError(f"node module {name!r} (FARM_NODE_MODULES) cannot be imported: {exception}") from None
+        nodes = getattr(module, "NODES", None)
+        if not isinstance(nodes, (tuple, list)) or not all(isinstance(c, type) and issubclass(c, Node) for c in nodes):
+            raise ValueError(f"node module {name!r} (FARM_NODE_MODULES) has no NODES tuple of node classes")
+        classes.extend(nodes)
+    return classes
+
+
 def default_registry(extra: Iterable[type[Node]] = ()) -> NodeRegistry:
     """Every node family the farm ships, plus `extra` classes (tests, plugins)."""
     from farm.nodes import conditioning, image, image_io, latent, loaders, sampling, vae

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from farm.db.session import Database, make_database
 from farm.nodes.base import NodeEnvironment
-from farm.nodes.registry import NodeRegistry, default_registry
+from farm.nodes.registry import NodeRegistry, default_registry, node_module_classes
 from farm.queue.dispatch import Dispatcher
+from farm.services.submit import ModelNeedsIds
 from farm.storage import LocalStorage
 
 
@@ -22,6 +24,8 @@ class FarmContext:
     trigger: object | None = None  # DispatchTrigger in web processes
     control: object | None = None  # WorkerControl: interrupt and free on workers
     status: object | None = None  # farm.events.StatusPublisher in web processes with an event bus
+    # The model_needs ids this process has met (submissions refer to them).
+    needs_ids: ModelNeedsIds = dataclasses.field(default_factory=ModelNeedsIds)
 
     def warm_up(self) -> None:
         """Connect to the database and the broker before the first request needs them."""
@@ -41,6 +45,25 @@ class FarmContext:
         if self.status is not None:
             self.status.notify()
 
+    def start_reaping(self) -> None:
+        """Reap lost workers' prompts from this process too (web processes: a farm whose workers
+        are all gone still ends their prompts). Call after forking; the thread is a daemon."""
+        import threading
+
+        from farm.services.history import queue_remaining
+        from farm.services.reaping import Reaper
+
+        bus = getattr(self.status, "bus", None)
+        reaper = Reaper(self.database, self.settings, bus, lambda: queue_remaining(self.database), self.dispatch_soon,
+                        storage=self.storage)
+
+        def loop() -> None:
+            while True:
+                time.sleep(self.settings.heartbeat_seconds)
+                reaper.run_once()
+
+        threading.Thread(target=loop, name="farm-reaper", daemon=True).start()
+
     def dispatch_soon(self) -> None:
         if self.trigger is not None:
             self.trigger.request()
@@ -56,7 +79,7 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
     (the web's view); workers pass their own folder.
     """
     from farm.queue.trigger import DispatchTrigger
-    from farm.services.workers import WorkerModelInventory
+    from farm.services.model_inventory import WorkerModelInventory
 
     database = make_database(settings.database_url)
     storage = LocalStorage.from_settings(settings)
@@ -64,7 +87,7 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
     context = FarmContext(
         settings=settings,
         database=database,
-        registry=registry or default_registry(),
+        registry=registry or default_registry(node_module_classes(settings.node_modules)),
         storage=storage,
         node_env=NodeEnvironment(storage, settings.models_dir, models),
         control=control,

@@ -1,7 +1,9 @@
 """A prompt's life on a worker: claim it, record its end, or put it back in the queue.
 
 Every change is conditional on (prompt_id, attempt, worker, state), so a stale or duplicate
-message, or a late result from a worker that was presumed dead, changes nothing.
+message, or a late result from a worker that was presumed dead, changes nothing. The end of a
+prompt is written exactly once: `finish` retries through database outages until the write is
+made or refused, and the caller tells the client nothing final before it returns True.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from sqlalchemy import bindparam, select, update
+from typing import Callable
 
-from farm.db.models import Prompt, PromptState
-from farm.queue.dispatch import utcnow
+import tenacity
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import DBAPIError
+
+from farm.db.clock import db_now
+from farm.db.models import Prompt, PromptState, Worker
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +28,25 @@ _OWNED = (
     & (_table.c.worker == bindparam("p_worker")) & (_table.c.state == bindparam("p_state"))
 )
 # Built once: these run for every prompt, and building a statement costs more than running it.
-_CLAIM = update(_table).where(_OWNED).values(state=PromptState.RUNNING.value, started_at=bindparam("now"))
+_workers = Worker.__table__
+_CLAIM = update(_table).where(_OWNED).values(state=PromptState.RUNNING.value, started_at=db_now())
 _FINISH = update(_table).where(_OWNED).values(
     state=bindparam("new_state"), outputs=bindparam("outputs"), messages=bindparam("messages"),
-    execution_error=bindparam("execution_error"), finished_at=bindparam("now"),
+    execution_error=bindparam("execution_error"), finished_at=db_now(),
 )
+# A prompt that ended by itself (whatever its result) ends the worker's loss streak...
+_COUNT_DONE = update(_workers).where(_workers.c.name == bindparam("p_worker")).values(
+    prompts_done=_workers.c.prompts_done + 1, failures_in_row=0,
+)
+_COUNT_FAILED = update(_workers).where(_workers.c.name == bindparam("p_worker")).values(
+    prompts_failed=_workers.c.prompts_failed + 1, failures_in_row=0,
+)
+# ...one that timed out adds to it; at the limit the worker is locked.
+_COUNT_TIMEOUT = update(_workers).where(_workers.c.name == bindparam("p_worker")).values(
+    prompts_failed=_workers.c.prompts_failed + 1, failures_in_row=_workers.c.failures_in_row + 1,
+).returning(_workers.c.failures_in_row)
+_LOCK = update(_workers).where(_workers.c.name == bindparam("p_worker"), _workers.c.locked.is_(False)).values(
+    locked=True, lock_reason=bindparam("reason"))
 _CLAIMED_ROW = select(
     _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
     _table.c.client_id,
@@ -49,34 +69,59 @@ class ClaimedPrompt:
 
 def claim(database, prompt_id: str, attempt: int, worker: str) -> ClaimedPrompt | None:
     with database.write_connection() as connection:
-        claimed = connection.execute(
-            _CLAIM, {**_owner(prompt_id, attempt, worker, PromptState.DISPATCHED), "now": utcnow()}
-        ).rowcount
+        claimed = connection.execute(_CLAIM, _owner(prompt_id, attempt, worker, PromptState.DISPATCHED)).rowcount
         if not claimed:
             return None
         return ClaimedPrompt(*connection.execute(_CLAIMED_ROW, {"p_id": prompt_id}).one())
 
 
 def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, outputs: dict,
-           messages: list, execution_error: dict | None) -> bool:
-    """Write the history entry; False when this attempt no longer owns the prompt."""
-    with database.write_connection() as connection:
-        done = connection.execute(_FINISH, {
-            **_owner(claimed.prompt_id, claimed.attempt, worker, PromptState.RUNNING),
-            "new_state": state.value, "outputs": outputs, "messages": messages,
-            "execution_error": execution_error, "now": utcnow(),
-        }).rowcount
+           messages: list, execution_error: dict | None, *, timed_out: bool = False, lock_after: int = 0,
+           give_up: Callable[[], bool] = lambda: False, max_wait: float = 5.0) -> bool:
+    """Write the history entry, retrying while the database is unreachable (until `give_up()`);
+    False when this attempt no longer owns the prompt (it was taken back: the result is stale).
+    The worker's counters change in the same transaction; a timeout counts in its loss streak."""
+    values = {
+        **_owner(claimed.prompt_id, claimed.attempt, worker, PromptState.RUNNING),
+        "new_state": state.value, "outputs": outputs, "messages": messages, "execution_error": execution_error,
+    }
+
+    def write() -> bool:
+        with database.write_connection() as connection:
+            if not connection.execute(_FINISH, values).rowcount:
+                return False
+            if not timed_out:
+                connection.execute(_COUNT_FAILED if state == PromptState.ERROR else _COUNT_DONE, {"p_worker": worker})
+                return True
+            streak = connection.execute(_COUNT_TIMEOUT, {"p_worker": worker}).scalar()
+            if lock_after and streak is not None and streak >= lock_after:
+                reason = f"lost or timed out {streak} prompts in a row; locked until an operator unlocks it"
+                connection.execute(_LOCK, {"p_worker": worker, "reason": reason})
+                log.error("worker %s locked: %s", worker, reason)
+            return True
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(DBAPIError),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=max_wait),
+        stop=lambda _state: give_up(),
+        before_sleep=lambda retry_state: log.warning(
+            "could not record the end of %s (%s); retrying", claimed.prompt_id, retry_state.outcome.exception()),
+        reraise=True,
+    )
+    done = retrying(write)
     if not done:
         log.warning("result of %s attempt %s refused: the prompt was taken back", claimed.prompt_id, claimed.attempt)
-    return bool(done)
+    return done
 
 
 def requeue(database, prompt_id: str, attempt: int, worker: str) -> bool:
-    """Put a prompt this worker holds back at its place in the queue (worker shutting down)."""
+    """Put a prompt this worker holds back at its place in the queue (a worker that stops past its
+    grace): the attempt is not counted, the worker did nothing wrong."""
     with database.write() as session:
         return bool(session.execute(
             update(Prompt)
             .where(Prompt.prompt_id == prompt_id, Prompt.attempt == attempt, Prompt.worker == worker,
                    Prompt.state.in_([s.value for s in PromptState.active()]))
-            .values(state=PromptState.QUEUED.value, worker=None, dispatched_at=None, started_at=None)
+            .values(state=PromptState.QUEUED.value, worker=None, dispatched_at=None, started_at=None,
+                    attempt=Prompt.attempt - 1)
         ).rowcount)

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 
 from farm.db.models import Prompt, PromptState
 from farm.services.submit import number_json
+from farm.services.waiting import waiting_reasons
 
 FINISHED = [s.value for s in PromptState.finished()]
 
@@ -14,17 +15,26 @@ def queue_item(row: Prompt) -> list:
     return [number_json(row.number), row.prompt_id, row.prompt, row.extra_data, row.outputs_to_execute]
 
 
-def queue(database) -> dict:
-    """Running (dispatched or running, on any worker) and pending prompts, in run order."""
+def queue(database, settings=None) -> dict:
+    """Running (dispatched or running, on any worker) and pending prompts, in run order. A pending
+    prompt that waits for something other than its turn says why in extra_data.farm_waiting_for."""
     with database.reading() as session:
         rows = session.execute(
             select(Prompt)
             .where(Prompt.state.in_([PromptState.QUEUED.value, *[s.value for s in PromptState.active()]]))
             .order_by(Prompt.number, Prompt.prompt_id)
         ).scalars().all()
+    reasons = {} if settings is None else waiting_reasons(database, settings, rows)
+    pending = []
+    for row in rows:
+        if row.state == PromptState.QUEUED.value:
+            item = queue_item(row)
+            if row.prompt_id in reasons:
+                item[3] = {**(item[3] or {}), "farm_waiting_for": reasons[row.prompt_id]}
+            pending.append(item)
     return {
         "queue_running": [queue_item(r) for r in rows if r.state != PromptState.QUEUED.value],
-        "queue_pending": [queue_item(r) for r in rows if r.state == PromptState.QUEUED.value],
+        "queue_pending": pending,
     }
 
 

@@ -11,6 +11,7 @@ from farm.db.models import Prompt, PromptState
 from farm.services import queue_control
 from farm.services.history import history_entry
 from farm.services.submit import number_json
+from farm.services.waiting import waiting_reasons
 
 JOB_STATUSES = {
     "pending": [PromptState.QUEUED.value],
@@ -120,7 +121,7 @@ def job_detail(row: Prompt) -> dict:
     }
 
 
-def list_jobs(database, query: JobQuery) -> dict:
+def list_jobs(database, query: JobQuery, settings=None) -> dict:
     table = Prompt.__table__
     conditions = []
     if query.statuses:
@@ -143,8 +144,13 @@ def list_jobs(database, query: JobQuery) -> dict:
         if query.limit is not None:
             statement = statement.limit(query.limit)
         rows = session.scalars(statement).all()
+    reasons = {} if settings is None else waiting_reasons(database, settings, rows)
+    jobs = [job_summary(row) for row in rows]
+    for job in jobs:
+        if job["id"] in reasons:
+            job["waiting_for"] = reasons[job["id"]]
     return {
-        "jobs": [job_summary(row) for row in rows],
+        "jobs": jobs,
         "pagination": {
             "offset": query.offset,
             "limit": query.limit,
@@ -154,10 +160,16 @@ def list_jobs(database, query: JobQuery) -> dict:
     }
 
 
-def get_job(database, job_id: str) -> dict | None:
+def get_job(database, job_id: str, settings=None) -> dict | None:
     with database.reading() as session:
         row = session.get(Prompt, job_id)
-    return None if row is None else job_detail(row)
+    if row is None:
+        return None
+    job = job_detail(row)
+    reason = {} if settings is None else waiting_reasons(database, settings, [row])
+    if row.prompt_id in reason:
+        job["waiting_for"] = reason[row.prompt_id]
+    return job
 
 
 def is_job_id(value) -> bool:

@@ -5,29 +5,34 @@ from __future__ import annotations
 
 from sqlalchemy import delete, select, update
 
+from farm.db.clock import db_now
 from farm.db.models import Prompt, PromptState, Worker
-from farm.queue.dispatch import utcnow
 
 _table = Prompt.__table__
 _ENDED = [*[s.value for s in PromptState.finished()], PromptState.CANCELLED.value]
 _ACTIVE = [s.value for s in PromptState.active()]
 
 
+# One statement decides and changes: a prompt dispatched meanwhile is neither cancelled nor reported.
+_CANCEL = (
+    update(_table).where(_table.c.state == PromptState.QUEUED.value)
+    .values(state=PromptState.CANCELLED.value, finished_at=db_now()).returning(_table.c.prompt_id)
+)
+# Ids per statement: PostgreSQL takes at most 65,535 parameters, SQLite 32,766.
+_IDS_PER_STATEMENT = 10000
+
+
 def cancel_pending(database, prompt_ids: list[str] | None = None) -> list[str]:
     """Take queued prompts out of the queue (all when `prompt_ids` is None); return their ids."""
-    condition = _table.c.state == PromptState.QUEUED.value
-    if prompt_ids is not None:
-        if not prompt_ids:
-            return []
-        condition = condition & _table.c.prompt_id.in_([str(i) for i in prompt_ids])
+    ids = None if prompt_ids is None else list(dict.fromkeys(str(i) for i in prompt_ids))
+    cancelled: list[str] = []
     with database.write_connection() as connection:
-        ids = [row[0] for row in connection.execute(select(_table.c.prompt_id).where(condition))]
-        if ids:
-            connection.execute(
-                update(_table).where(condition, _table.c.prompt_id.in_(ids))
-                .values(state=PromptState.CANCELLED.value, finished_at=utcnow())
-            )
-    return ids
+        if ids is None:
+            cancelled = list(connection.execute(_CANCEL).scalars())
+        for start in range(0, len(ids or ()), _IDS_PER_STATEMENT):
+            chunk = ids[start:start + _IDS_PER_STATEMENT]
+            cancelled += connection.execute(_CANCEL.where(_table.c.prompt_id.in_(chunk))).scalars()
+    return cancelled
 
 
 def running(database, prompt_id: str | None = None) -> list[tuple[str, str, str]]:

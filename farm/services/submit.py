@@ -12,10 +12,11 @@ import json
 import logging
 import uuid
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from farm.db.models import Counter, Prompt, PromptState
+from farm.db.models import Counter, ModelNeeds, Prompt, PromptState
+from farm.db.upsert import insert_for
 from farm.graph import errors
 from farm.graph.validation import validate_prompt
 from farm.queue.dispatch import utcnow
@@ -31,6 +32,29 @@ _NEXT_NUMBER = (
     .values(value=Counter.__table__.c.value + 1).returning(Counter.__table__.c.value)
 )
 _INSERT_PROMPT = insert(Prompt.__table__)
+_NEEDS_ID = select(ModelNeeds.__table__.c.id).where(ModelNeeds.__table__.c.key == bindparam("key"))
+
+
+class ModelNeedsIds:
+    """The model_needs row of each set of model files a prompt loads, remembered per process
+    (rows never change), created on first use by whichever process meets the set first."""
+
+    def __init__(self):
+        self._ids: dict[str, int] = {}
+
+    def get(self, database, needs: list[str]) -> int | None:
+        if not needs:
+            return None
+        key = hashlib.sha256(json.dumps(needs).encode()).hexdigest()
+        found = self._ids.get(key)
+        if found is None:
+            # Its own transaction, committed before any prompt refers to it.
+            with database.write_connection() as connection:
+                connection.execute(insert_for(connection, ModelNeeds.__table__).values(key=key, files=needs)
+                                   .on_conflict_do_nothing(index_elements=["key"]))
+                found = connection.execute(_NEEDS_ID, {"key": key}).scalar_one()
+            self._ids[key] = found
+        return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +129,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         attempt=0,
         created_at=utcnow(),
     )
+    row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
     try:
         with farm.database.write_connection() as connection:
             if given_number is None:

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import warnings
 
-from farm.worker.device import pin_device
+from farm.worker.device import GpuId, gpu_index, pin_device
 
 log = logging.getLogger(__name__)
 
 
-def default_worker_name(gpu: int | None) -> str:
-    return f"{socket.gethostname()}-{'cpu' if gpu is None else f'gpu{gpu}'}"
+def default_worker_name(gpu: GpuId | int | None, base: str | None = None) -> str:
+    """`<host>-gpu<N>` / `<host>-cpu` (`base` replaces the host); a UUID id gives `<host>-gpu-<uuid>`."""
+    if gpu is None:
+        device = "cpu"
+    elif gpu_index(gpu) is not None:
+        device = f"gpu{gpu_index(gpu)}"
+    else:
+        # Names appear in URLs (/api/workers/<name>) and queue names: no slashes (old MIG ids have them).
+        device = re.sub(r"[^a-z0-9.-]+", "-", str(gpu).lower())
+    return f"{base or socket.gethostname()}-{device}"
 
 
-def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str = "INFO", registry=None) -> None:
+def run_worker(settings, gpu: GpuId | int | None, name: str | None = None, loglevel: str = "INFO",
+               registry=None) -> None:
     pin_device(gpu)  # before anything imports torch
     if settings.worker_nice and hasattr(os, "nice"):
         # A prompt is batch work: under CPU contention the API (and its latency) comes first.
@@ -31,7 +42,7 @@ def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str
     name = name or default_worker_name(gpu)
     app = make_celery(settings)
     app.conf.task_queues = (worker_queue(name),)
-    runtime = WorkerRuntime(settings, app, name, gpu, registry=registry)
+    runtime = WorkerRuntime(settings, app, name, gpu_index(gpu), registry=registry)
 
     @app.task(name=EXECUTE_PROMPT, ignore_result=True)
     def execute_prompt(prompt_id: str, attempt: int) -> None:
@@ -51,7 +62,17 @@ def run_worker(settings, gpu: int | None, name: str | None = None, loglevel: str
     signals.worker_shutting_down.connect(lambda **_: runtime.request_stop(), weak=False)
     signals.worker_shutdown.connect(lambda **_: runtime.stop(), weak=False)
 
+    quiet = []
+    if not settings.verbose:
+        # The start summary replaces Celery's banner; the root-user warning is raised with
+        # warnings.warn in Worker.on_before_init (celery.platforms.check_privileges), before
+        # Celery's logging exists, so only a warnings filter can hold it back.
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        quiet = ["--quiet"]  # a `celery` option: it goes before the sub-command
     app.worker_main([
+        *quiet,
         "worker",
         f"--hostname={name}@{socket.gethostname()}",
         "--pool=threads",

@@ -1,9 +1,15 @@
-"""What a worker process does: register, heartbeat, and run the prompts sent to it.
+"""What a worker process does: register, stay live, and run the prompts sent to it.
 
 A prompt runs only after this worker claimed it for the attempt in the message; its events go
-to the event bus as they happen; its history entry is written before the final
-`executing {node: null}` event. When the worker is asked to stop, the running prompt is
-interrupted at the next node or sampler step and put back in the queue, so nothing is lost.
+to the event bus as they happen, except those that end it for the client (execution_success,
+_error, _interrupted, the status and the final `executing {node: null}`): they are sent only once
+the history entry is written. A stale attempt (its prompt was taken back) sends nothing final.
+
+Stopping (SIGTERM) drains: the running prompt may finish within `stop_grace_seconds`; past it,
+the prompt is interrupted and put back in the queue without a word to its client, and the worker
+exits. A prompt past `prompt_timeout_seconds` is interrupted and ends in error (Timeout); if its
+node does not stop within the kill grace, the watchdog records the timeout itself and ends the
+process (its supervisor starts it again).
 """
 
 from __future__ import annotations
@@ -20,21 +26,30 @@ import traceback
 import uuid
 
 import farm
+from farm.attempt_outputs import AttemptOutputs, discard_attempts
 from farm.db.models import PromptState
-from farm.events import EventBus
 from farm.engine.compiled import from_settings as compiled_unets
 from farm.engine.model_cache import ModelCache
+from farm.events import EventBus
 from farm.graph.cache import ExecutionCache
 from farm.graph.executor import ExecutionResult, GraphExecutor, now_ms
 from farm.models import LocalModelInventory, inventory
-from farm.nodes.base import Interrupted
+from farm.nodes.base import Interrupted, PromptTimeout
+from farm.queue import placement
 from farm.queue.celery_app import worker_queue_name
 from farm.queue.sender import CelerySender
-from farm.services import execution, history, workers
+from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
 from farm.worker.device import device_report
+from farm.worker.liveness import Heartbeat, Reporter
 
 log = logging.getLogger(__name__)
+
+# The events that end a prompt for its client: held until its history entry is written.
+FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
+# A timed-out node that ignores interrupts this long is stopped with its process.
+TIMEOUT_KILL_GRACE_SECONDS = 10.0
+WATCHDOG_EXIT_CODE = 75
 
 
 class WorkerRuntime:
@@ -55,38 +70,60 @@ class WorkerRuntime:
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
             pid=os.getpid(), gpu_index=gpu, device_name="", device_type="", version=farm.__version__,
-            python_version=sys.version,
+            python_version=sys.version, tags=list(settings.worker_tags),
         )
-        self._stopping = threading.Event()
+        self.reaper = reaping.Reaper(self.context.database, settings, self.bus, self._count_queue, self._dispatch_all,
+                                     storage=self.context.storage)
+        self.heartbeat = Heartbeat(settings, self.info, self._presumed_dead)
+        self.reporter = Reporter(settings, self.info, self.context.database, self._refresh_info, self._tick)
+        self._stopping = threading.Event()  # SIGTERM: take no more prompts
+        self._abandon = threading.Event()  # past the stop grace: put the running prompt back
         self._interrupt = threading.Event()
         # Interrupts can arrive before the prompt starts here (it was only dispatched): remember them.
         self._interrupt_requests: collections.deque[str] = collections.deque(maxlen=1024)
         self._state_lock = threading.Lock()
         self._execution_lock = threading.Lock()
         self._pending_free = (False, False)
-        self._heartbeat_thread: threading.Thread | None = None
-        self._inventory_at = float("-inf")
+        self._running: execution.ClaimedPrompt | None = None
+        self._deadline: float | None = None  # monotonic time the running prompt times out at
+        self._watchdog: threading.Thread | None = None
 
     # lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        self._refresh_info()
+        self._refresh_info(True)
         self.bus.forget_running([self.name])  # whatever this worker's previous life was running
-        self._announce_lost(workers.register(self.context.database, self.info, self.settings))
+        failed = workers.register(self.context.database, self.info, self.settings)
+        for lost in failed:
+            discard_attempts(self.context.storage, lost.prompt_id)
+        reaping.announce_lost(self.bus, failed, self._count_queue)
+        self.reporter.written()
         log.info("worker %s registered (%s)", self.name, self.info.device_name)
-        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="farm-heartbeat", daemon=True)
-        self._heartbeat_thread.start()
+        self.heartbeat.start()
+        self.reporter.start()
+        if self.settings.prompt_timeout_seconds:
+            self._watchdog = threading.Thread(target=self._watch, name="farm-watchdog", daemon=True)
+            self._watchdog.start()
         self.context.warm_up()
         gc.collect()
         gc.freeze()  # start-up objects (torch, Celery) never need collecting: keep full collections short
-        self.context.dispatcher.dispatch()
+        self._dispatch_self()
 
     def request_stop(self) -> None:
+        """SIGTERM: finish the running prompt within the grace, take no more."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        log.info("worker %s stopping: the running prompt may finish within %.0f s", self.name,
+                 self.settings.stop_grace_seconds)
+        timer = threading.Timer(self.settings.stop_grace_seconds, self._abandon.set)
+        timer.daemon = True
+        timer.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join(timeout=10)
+        self._abandon.set()
+        self.reporter.stop()
+        self.heartbeat.stop()
         workers.deregister(self.context.database, self.info)
         self.bus.forget_running([self.name])
         self.bus.close()
@@ -127,80 +164,131 @@ class WorkerRuntime:
         self.execution_cache.clear()
         self.models.clear()
 
-    def _refresh_info(self) -> None:
+    # liveness and reports (their own threads) ------------------------------------------------
+    def _refresh_info(self, walk_models: bool) -> None:
         for key, value in device_report().items():
             setattr(self.info, key, value)
-        self.info.loaded_models = self.models.report()
-        # Walking a large (network) models folder is not free: look again every few heartbeats.
-        if time.monotonic() - self._inventory_at > 10 * self.settings.heartbeat_seconds:
+        self.info.loaded_models = self.models.report()  # a snapshot: never waits for a load
+        if walk_models:
             self.info.model_files = inventory(self.settings.models_dir)
-            self._inventory_at = time.monotonic()
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.settings.heartbeat_seconds):
-            try:
-                self._refresh_info()
-                self._announce_lost(workers.heartbeat(self.context.database, self.info, self.settings))
-                reaped = workers.reap(self.context.database, self.settings)
-                self.bus.forget_running(reaped.dead)
-                if reaped.taken:
-                    self._announce_lost(reaped.failed, status=True)
-                self.context.dispatcher.dispatch()
-            except Exception:  # noqa: BLE001 - a database or broker hiccup must not kill the worker
-                log.exception("heartbeat failed")
+    def _presumed_dead(self, database) -> None:
+        """The heartbeat found this worker reaped: its running attempt was taken back (and may run
+        elsewhere now), so stop it quietly and be live again."""
+        with self._state_lock:
+            stale = self.info.current_prompt
+            if stale is not None:
+                self._interrupt.set()
+        log.warning("worker %s was presumed dead; registering again%s", self.name,
+                    f" (its attempt of {stale} is stale and stops)" if stale else "")
+        workers.rejoin(database, self.info)
+        self.reporter.written()
+
+    def _tick(self) -> None:
+        self.reaper.run_once()
+        if not self._stopping.is_set():
+            self.context.dispatcher.dispatch()
+
+    def _count_queue(self) -> int:
+        return history.queue_remaining(self.context.database)
+
+    def _dispatch_all(self) -> None:
+        self.context.dispatcher.dispatch()
+
+    def _dispatch_self(self) -> None:
+        if not self._stopping.is_set():
+            self.context.dispatcher.dispatch(only=self.name, loaded=placement.loaded_checkpoints(self.models.report()))
 
     # prompts --------------------------------------------------------------------------------
     def _check_interrupt(self) -> None:
-        if self._stopping.is_set() or self._interrupt.is_set():
+        if self._abandon.is_set():
+            raise Interrupted()
+        if self._interrupt.is_set():
             self._interrupt.clear()
             raise Interrupted()
+        deadline = self._deadline
+        if deadline is not None and time.monotonic() > deadline:
+            raise PromptTimeout(f"the prompt ran longer than the farm's limit of "
+                                f"{self.settings.prompt_timeout_seconds:g} s (FARM_PROMPT_TIMEOUT_SECONDS)")
 
     def execute(self, prompt_id: str, attempt: int) -> None:
         with self._execution_lock:
             self._execute(prompt_id, attempt)
             self._apply_free()
-        if not self._stopping.is_set():
-            self.context.dispatcher.dispatch(only=self.name)
+        self._dispatch_self()
 
     def _execute(self, prompt_id: str, attempt: int) -> None:
+        if self._stopping.is_set():
+            return  # not claimed: the row goes back to the queue when this worker deregisters
         claimed = execution.claim(self.context.database, prompt_id, attempt, self.name)
         if claimed is None:
             log.info("dropping stale message for %s attempt %s", prompt_id, attempt)
             return
+        discard_attempts(self.context.storage, prompt_id, keep=attempt)  # what killed attempts left
+        outputs = AttemptOutputs(self.context.storage, prompt_id, attempt)
         with self._state_lock:
             self.info.current_prompt = prompt_id
+            self._running = claimed
             # ComfyUI clears the flag when a prompt starts: an interrupt never carries over.
             self._interrupt.clear()
             if prompt_id in self._interrupt_requests:
                 self._interrupt.set()
+            timeout = self.settings.prompt_timeout_seconds
+            self._deadline = time.monotonic() + timeout if timeout else None
+        held: list[tuple[str, dict]] = []
 
         def emit(event: str, data: dict) -> None:
-            self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
+            if event in FINAL_EVENTS:
+                held.append((event, data))
+            else:
+                self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
 
         self._publish_status()  # taken off the queue (spec 4.3: before execution_start)
         self.models.begin_prompt()
         try:
-            result = self._run(claimed, emit)
-            if result.status == "interrupted" and self._stopping.is_set():
+            result = self._run(claimed, emit, outputs)
+            self._deadline = None  # ended: only recording is left, the watchdog has nothing to stop
+            if result.status == "interrupted" and self._abandon.is_set():
+                outputs.discard()
                 execution.requeue(self.context.database, prompt_id, attempt, self.name)
                 self._publish_status()
                 log.info("worker stopping: %s goes back to the queue", prompt_id)
                 return
-            state = {"success": PromptState.SUCCESS, "error": PromptState.ERROR,
-                     "interrupted": PromptState.INTERRUPTED}[result.status]
-            self._finish(claimed, state, result)
-            self._publish_status()  # ComfyUI's order: the status broadcast, then the final executing
-            emit("executing", {"node": None, "prompt_id": prompt_id})
+            if self._end(claimed, result, held):
+                outputs.keep()
+            else:
+                outputs.discard()
         finally:
             self.models.end_prompt()
             with self._state_lock:
                 self.info.current_prompt = None
+                self._running = None
+                self._deadline = None
 
-    def _run(self, claimed, emit) -> ExecutionResult:
+    def _end(self, claimed, result: ExecutionResult, held: list[tuple[str, dict]]) -> bool:
+        """Record the prompt's end, then (only if recorded) tell its client; False when stale."""
+        state = {"success": PromptState.SUCCESS, "error": PromptState.ERROR,
+                 "interrupted": PromptState.INTERRUPTED}[result.status]
+        timed_out = bool(result.error and result.error.get("exception_type") == PromptTimeout.exception_type)
+        recorded = execution.finish(self.context.database, claimed, self.name, state, result.outputs,
+                                    result.messages, result.error, timed_out=timed_out,
+                                    lock_after=self.settings.lock_after_failures)
+        if not recorded:
+            return False  # a stale attempt: the prompt belongs to another attempt now
+        self.tell_end(claimed.prompt_id, claimed.client_id, held)
+        return True
+
+    def tell_end(self, prompt_id: str, client_id: str | None, held: list[tuple[str, dict]]) -> None:
+        for event, data in held:
+            self.bus.publish(event, data, prompt_id=prompt_id, client_id=client_id)
+        self._publish_status()  # ComfyUI's order: the status broadcast, then the final executing
+        self.bus.publish("executing", {"node": None, "prompt_id": prompt_id}, prompt_id=prompt_id, client_id=client_id)
+
+    def _run(self, claimed, emit, outputs: AttemptOutputs) -> ExecutionResult:
         try:
             return self.executor.execute(
                 claimed.prompt_id, claimed.prompt, claimed.outputs_to_execute, claimed.extra_data,
-                emit, self._check_interrupt,
+                emit, self._check_interrupt, storage=outputs,
             )
         except Exception as exception:  # noqa: BLE001 - a broken plan fails the prompt, not the worker
             log.exception("prompt %s failed outside any node", claimed.prompt_id)
@@ -213,30 +301,31 @@ class WorkerRuntime:
             emit("execution_error", error)
             return ExecutionResult("error", {}, [["execution_error", error]], error)
 
-    def _announce_lost(self, failed: list[workers.LostPrompt], status: bool = False) -> None:
-        """Prompts that lost their workers too often ended in error: their clients hear it as from a
-        worker, execution_error, the status broadcast, then the final executing."""
-        for lost in failed:
-            self.bus.publish("execution_error", lost.error, prompt_id=lost.prompt_id, client_id=lost.client_id,
-                             own=False)
-        if failed or status:
-            self._publish_status()
-        for lost in failed:
-            self.bus.publish("executing", {"node": None, "prompt_id": lost.prompt_id},
-                             prompt_id=lost.prompt_id, client_id=lost.client_id, own=False)
-
     def _publish_status(self) -> None:
         """The `status` broadcast, in order with this worker's events (counted by the bus's thread)."""
-        self.bus.publish_status(lambda: history.queue_remaining(self.context.database))
+        self.bus.publish_status(self._count_queue)
 
-    def _finish(self, claimed, state: PromptState, result: ExecutionResult) -> None:
-        # The history entry must be written: retry through short database outages.
-        for delay in (0, 0.5, 1, 2, 4, 8, 16):
-            time.sleep(delay)
-            try:
-                execution.finish(self.context.database, claimed, self.name, state, result.outputs,
-                                 result.messages, result.error)
-                return
-            except Exception:  # noqa: BLE001
-                log.exception("could not record the end of %s; retrying", claimed.prompt_id)
-        raise RuntimeError(f"could not record the end of {claimed.prompt_id}")
+    # the watchdog -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """A prompt whose node ignores the timeout's interrupt: record the timeout, then exit."""
+        while not self._abandon.wait(0.5):
+            with self._state_lock:
+                claimed, deadline = self._running, self._deadline
+            if claimed is not None and deadline is not None \
+                    and time.monotonic() > deadline + TIMEOUT_KILL_GRACE_SECONDS:
+                self._kill_stuck(claimed)
+
+    def _kill_stuck(self, claimed) -> None:
+        message = (f"the prompt ran longer than the farm's limit of {self.settings.prompt_timeout_seconds:g} s "
+                   f"and did not stop; its worker was restarted")
+        error = reaping.worker_lost_error(claimed.prompt_id, message, PromptTimeout.exception_type)
+        log.error("prompt %s: %s", claimed.prompt_id, message)
+        try:
+            if execution.finish(self.heartbeat.database, claimed, self.name, PromptState.ERROR, {},
+                                [["execution_error", error]], error, timed_out=True,
+                                lock_after=self.settings.lock_after_failures, give_up=lambda: True):
+                self.tell_end(claimed.prompt_id, claimed.client_id, [("execution_error", error)])
+                self.bus.flush(5)
+        except Exception:  # noqa: BLE001 - unrecorded, the prompt is taken back once this worker is gone
+            log.exception("could not record the timeout of %s", claimed.prompt_id)
+        os._exit(WATCHDOG_EXIT_CODE)

@@ -73,3 +73,32 @@ def test_clear_drops_everything(files):
     assert cache.report() == []
     cache.checkpoint(files / "a.safetensors")
     assert cache.loads == 2
+
+
+def test_report_never_waits_for_a_load_in_progress(files):
+    """A heartbeat or report must not wait on a checkpoint load (tens of seconds on slow storage)."""
+    import threading
+
+    cache = ModelCache(files, device="cpu")
+    cache.checkpoint(files / "a.safetensors")
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load():
+        loading.set()
+        release.wait(30)
+        return (None,)
+
+    loader = threading.Thread(target=cache._get, args=(("slow",), "slow", slow_load))
+    loader.start()
+    assert loading.wait(10)
+    answered = threading.Event()
+    reporter = threading.Thread(target=lambda: (cache.report(), answered.set()))
+    reporter.start()
+    try:
+        assert answered.wait(2), "report() waited for the load"
+        (entry,) = cache.report()
+        assert entry["file"] == "a.safetensors" and entry["component"] == "checkpoint"
+    finally:
+        release.set()
+        loader.join()
+        reporter.join()

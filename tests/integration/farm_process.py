@@ -21,16 +21,23 @@ def free_port() -> int:
 
 
 class FarmProcess:
-    """One farm command as a subprocess, with its log in a file for failure reports."""
+    """One farm command as a subprocess, with its log in a file for failure reports.
 
-    def __init__(self, args: list[str], env: dict, log_path: Path, port: int | None = None):
+    With `stdout_path`, its stdout goes to that file and only stderr to the log."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path, port: int | None = None,
+                 stdout_path: Path | None = None):
         self.args = args
         self.port = port
         self.log_path = log_path
         self.log = open(log_path, "ab")
+        self.stdout_path = stdout_path
+        stdout = open(stdout_path, "ab") if stdout_path else self.log
         clean = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
         self.process = subprocess.Popen([sys.executable, "-m", "farm.cli", *args], env={**clean, **env},
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+                                        stdout=stdout, stderr=self.log if stdout_path else subprocess.STDOUT)
+        if stdout_path:
+            stdout.close()  # the child holds its own copy
 
     @property
     def url(self) -> str:
@@ -54,6 +61,18 @@ class FarmProcess:
             self.log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
 
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def wait_stdout(self, text: str, timeout: float = 90) -> str:
+        """The stdout so far, once it contains `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stdout():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} on {self.args}'s stdout:\n{self.stdout()}\n{self.output()}")
+            time.sleep(0.1)
+        return self.stdout()
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -76,16 +95,18 @@ def farm_env(data_dir: Path, **urls) -> dict:
     return env
 
 
-def start_farm_up(data_dir: Path, **urls) -> FarmProcess:
+def start_farm_up(data_dir: Path, flags: tuple[str, ...] = ("--cpu",), env: dict | None = None,
+                  **urls) -> FarmProcess:
     port = free_port()
-    return FarmProcess(["up", "--cpu", "--port", str(port)], farm_env(data_dir, **urls),
-                       data_dir.parent / f"farm-up-{port}.log", port)
+    log = data_dir.parent / f"farm-up-{port}.log"
+    return FarmProcess(["up", *flags, "--port", str(port)], {**farm_env(data_dir, **urls), **(env or {})},
+                       log, port, stdout_path=log.with_suffix(".stdout"))
 
 
 @contextlib.contextmanager
-def farm_up(data_dir: Path, **urls):
-    """`farm up --cpu` on a free port; stopped with SIGTERM at the end (and checked to exit 0)."""
-    farm = start_farm_up(data_dir, **urls)
+def farm_up(data_dir: Path, flags: tuple[str, ...] = ("--cpu",), env: dict | None = None, **urls):
+    """`farm up --cpu` (or `flags`) on a free port; stopped with SIGTERM at the end (and checked to exit 0)."""
+    farm = start_farm_up(data_dir, flags, env, **urls)
     try:
         farm.wait_ready()
         yield farm

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
+import socket
 import time
 
 import pytest
@@ -17,6 +19,10 @@ from tests.services import fresh_postgres_database, service_url
 from tests.workflows import invert_workflow
 
 pytestmark = pytest.mark.integration
+
+# The first line of Celery's start banner: " -------------- <worker>@<host> v5.x.y (codename)".
+# (A supervised worker's lines carry its name in front.)
+CELERY_BANNER = re.compile(r"^(\[\S+\] )? -------------- \S+@\S+ v\d", re.MULTILINE)
 
 
 def render_and_check(url: str) -> None:
@@ -97,3 +103,75 @@ def test_farm_up_killed_leaves_no_orphans(tmp_path):
     alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
              and open(f"/proc/{pid}/stat").read().split(") ", 1)[1].split()[0] != "Z"]
     assert alive == []
+
+
+def test_farm_up_prints_a_start_summary_instead_of_celery_s_banner(tmp_path):
+    data, models = tmp_path / "data", tmp_path / "data" / "models"
+    for path in ("checkpoints/a.safetensors", "checkpoints/sd/b.ckpt", "checkpoints/notes.txt", "loras/style.pt"):
+        (models / path).parent.mkdir(parents=True, exist_ok=True)
+        (models / path).write_bytes(b"weights")
+    with farm_up(data) as farm:
+        farm.wait_stdout("  auth:")
+        render_and_check(farm.url)
+    # First on stdout; at the end Celery says "worker: Warm shutdown" there.
+    assert farm.stdout().splitlines()[:5] == [
+        f"farm ready: {farm.url}",
+        f"  workers: {socket.gethostname()}-cpu (cpu)",
+        f"  models:  2 checkpoints, 1 lora, 0 vae (in {models.resolve()})",
+        f"  data:    {data.resolve()}",
+        "  auth:    off (loopback only)",
+    ]
+    everything = farm.stdout() + farm.output()
+    assert not CELERY_BANNER.search(everything), everything
+    for noise in ("[config]", "superuser", "alembic", "Connected to"):
+        assert noise not in everything, everything
+
+
+def test_farm_up_verbose_shows_every_process_s_log(tmp_path):
+    with farm_up(tmp_path / "data", flags=("--cpu", "--verbose")) as farm:
+        farm.wait_stdout("  auth:")
+    stdout, log = farm.stdout(), farm.output()
+    assert CELERY_BANNER.search(stdout) and "[config]" in stdout
+    assert "Running upgrade" in log and "embedded Redis on" in log
+    if os.geteuid() == 0:
+        assert "superuser privileges" in log
+
+
+def test_farm_up_runs_one_supervised_worker_per_gpu_in_cuda_visible_devices(tmp_path):
+    host = socket.gethostname()
+    # Two GPU ids on a machine that may have none: each worker is pinned to one and runs on
+    # whatever torch then finds (the CPU here), which is all this test needs.
+    with farm_up(tmp_path / "data", flags=(), env={"CUDA_VISIBLE_DEVICES": "1,0"}) as farm:
+        farm.wait_stdout("  auth:")
+        render_and_check(farm.url)
+    lines = farm.stdout().splitlines()
+    assert lines[0] == f"farm ready: {farm.url}"
+    assert re.fullmatch(rf"  workers: {host}-gpu1 \(.+\)", lines[1]), lines
+    assert re.fullmatch(rf"           {host}-gpu0 \(.+\)", lines[2]), lines
+    log = farm.output()
+    for gpu in ("0", "1"):
+        name = f"{host}-gpu{gpu}"
+        assert re.search(rf"^\[{name}\] .* worker {name} registered", log, re.MULTILINE), log
+
+
+def test_a_model_copied_into_a_running_farm_up_is_accepted_at_once_by_every_web_process(tmp_path):
+    data = tmp_path / "data"
+    (data / "models" / "checkpoints").mkdir(parents=True)
+    (data / "models" / "checkpoints" / "old.safetensors").write_bytes(b"x")
+    # Two web processes (the default) answer on one port: requests land on either of them.
+    with farm_up(data, env={"FARM_NODE_MODULES": "tests.nodepack", "FARM_WEB_PROCESSES": "2"}) as farm:
+        session = requests.Session()
+        assert session.get(f"{farm.url}/models/checkpoints", timeout=5).json() == ["old.safetensors"]
+        (data / "models" / "checkpoints" / "new.safetensors").write_bytes(b"x")
+        ids = []
+        for value in range(12):
+            body = {"prompt": {"1": {"class_type": "ModelName", "inputs": {"ckpt_name": "new.safetensors",
+                                                                           "value": value}}}}
+            # A fresh connection per request, so both web processes are asked.
+            answer = requests.post(f"{farm.url}/prompt", data=json.dumps(body), timeout=10)
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["prompt_id"])
+        for prompt_id in ids:
+            entry = wait_history(farm.url, prompt_id, timeout=30)
+            assert entry["status"]["status_str"] == "success" and entry["outputs"]["1"]["text"] == ["new.safetensors"]
+        assert "new.safetensors" in session.get(f"{farm.url}/models/checkpoints", timeout=5).json()

@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from farm.db.models import Prompt, PromptState, Worker
 from farm.graph.executor import GraphExecutor
-from farm.services import execution, workers
+from farm.services import execution, reaping, workers
 from tests.workflows import invert_workflow
 
 
@@ -124,7 +124,7 @@ def test_stale_attempt_and_late_result_are_refused(client, context, sender):
     # The worker is presumed dead: the prompt goes back to the queue and is dispatched again.
     with context.database.write() as session:
         session.execute(update(Worker).values(last_seen=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)))
-    assert workers.reap(context.database, context.settings).taken == 1
+    assert reaping.reap(context.database, context.settings).taken == 1
     register(context, "w2")
     context.dispatcher.dispatch()
     (again,) = take(sender)
@@ -142,7 +142,7 @@ def test_retry_limit_turns_a_lost_prompt_into_an_error(client, context, sender):
         assert assignment.attempt == attempt
         with context.database.write() as session:
             session.execute(update(Worker).values(last_seen=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)))
-        workers.reap(context.database, context.settings)
+        reaping.reap(context.database, context.settings)
     entry = client.get(f"/history/{prompt_id}").get_json()[prompt_id]
     assert entry["status"]["status_str"] == "error"
     assert entry["status"]["messages"][0][1]["exception_type"] == "WorkerLost"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from farm.models import inventory
 from farm.services import workers
 from tests.unit.test_dispatch_and_history import register
@@ -11,13 +9,11 @@ from tests.unit.test_dispatch_and_history import register
 
 def test_web_lists_what_live_workers_report_merged(client, context, tmp_path):
     info = register(context, "w1")
-    workers.heartbeat(context.database, dataclasses.replace(
-        info, model_files={"checkpoints": ["sd15.safetensors", "xl/base.safetensors"], "loras": ["a.safetensors"]}),
-        context.settings)
+    workers.report(context.database, info,
+                   {"model_files": {"checkpoints": ["sd15.safetensors", "xl/base.safetensors"], "loras": ["a.safetensors"]}})
     other = register(context, "w2")
-    workers.heartbeat(context.database, dataclasses.replace(
-        other, model_files={"checkpoints": ["sd15.safetensors", "v2.ckpt"], "embeddings": ["neg.pt"]}),
-        context.settings)
+    workers.report(context.database, other,
+                   {"model_files": {"checkpoints": ["sd15.safetensors", "v2.ckpt"], "embeddings": ["neg.pt"]}})
     context.node_env.models.ttl = 0
     assert client.get("/models/checkpoints").get_json() == ["sd15.safetensors", "v2.ckpt", "xl/base.safetensors"]
     assert client.get("/api/models/loras").get_json() == ["a.safetensors"]

@@ -64,7 +64,9 @@ def test_queue_lists_pending_in_run_order_as_five_tuples(client):
     assert [item[0] for item in pending] == [-2, 0, 1, 1.5]
     first = pending[0]
     assert len(first) == 5
-    assert first[2] == invert_workflow() and first[3] == {"client_id": "front"} and first[4] == ["3"]
+    assert first[2] == invert_workflow() and first[4] == ["3"]
+    # The farm says why a prompt waits when it is not its turn (here: no worker at all).
+    assert first[3] == {"client_id": "front", "farm_waiting_for": "no worker is live"}
     assert client.get("/prompt").get_json() == {"exec_info": {"queue_remaining": 4}}
 
 

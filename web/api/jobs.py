@@ -20,12 +20,12 @@ def list_jobs():
         query = jobs.JobQuery.parse(request.args)
     except jobs.JobQueryError as exception:
         return _error(str(exception))
-    return jsonify(jobs.list_jobs(farm().database, query))
+    return jsonify(jobs.list_jobs(farm().database, query, farm().settings))
 
 
 @blueprint.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    job = jobs.get_job(farm().database, job_id)
+    job = jobs.get_job(farm().database, job_id, farm().settings)
     return jsonify(job) if job is not None else _error("Job not found", 404)
 
 

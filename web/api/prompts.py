@@ -24,4 +24,4 @@ def get_prompt():
 
 @blueprint.get("/queue")
 def get_queue():
-    return jsonify(history.queue(farm().database))
+    return jsonify(history.queue(farm().database, farm().settings))

@@ -1,0 +1,63 @@
+"""The database's clock in SQL: liveness and timeouts are judged by one clock, not each host's.
+
+`db_now()` is the current UTC time on the database server; `seconds_ago(s)` is that time minus
+`s` seconds (a bound parameter). Both compare with the UTCDateTime columns: a timestamp with time
+zone on PostgreSQL, and on SQLite the same text layout SQLAlchemy writes ("YYYY-MM-DD
+HH:MM:SS.ffffff", UTC), so text comparison orders them correctly.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+
+from farm.db.models import UTCDateTime
+
+# strftime's %f gives milliseconds ("SS.SSS"); three zeros make SQLAlchemy's microsecond layout.
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{shift})"
+
+
+class db_now(FunctionElement):
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+class seconds_ago(FunctionElement):
+    """The database's now minus a number of seconds given as the only argument."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _now_default(element, compiler, **kw):
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now, "postgresql")
+def _now_postgresql(element, compiler, **kw):
+    # statement_timestamp(): a long transaction must not see an old now() on its later statements.
+    return "statement_timestamp()"
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(element, compiler, **kw):
+    return _SQLITE_NOW.format(shift="")
+
+
+@compiles(seconds_ago, "postgresql")
+def _ago_postgresql(element, compiler, **kw):
+    return f"(statement_timestamp() - make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(seconds_ago, "sqlite")
+def _ago_sqlite(element, compiler, **kw):
+    return _SQLITE_NOW.format(shift=f", '-' || ({compiler.process(element.clauses, **kw)}) || ' seconds'")
+
+
+def ago(name: str):
+    """`seconds_ago` of a float bound parameter called `name` (for prebuilt statements)."""
+    from sqlalchemy import Float
+
+    return seconds_ago(bindparam(name, type_=Float))

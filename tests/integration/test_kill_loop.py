@@ -1,0 +1,74 @@
+"""kill -9 of a worker in the middle of a prompt, twenty times in a row, on Redis and on RabbitMQ:
+every prompt ends once, with one history entry and one set of outputs (what killed attempts saved
+is removed by the attempt that follows them)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+from sqlalchemy import text
+
+from tests.integration.scheduler_farm import SchedulerFarm
+from tests.integration.test_failover import own_redis_url
+from tests.services import fresh_postgres_database, service_url
+
+pytestmark = pytest.mark.integration
+
+KILLS = 20
+
+
+def save_then_sleep(ms: int, color: int) -> dict:
+    """Saves an image first, then sleeps: a kill during the sleep leaves that attempt's image."""
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kill"}},
+            "3": {"class_type": "Sleep", "inputs": {"value": color, "ms": ms}},
+            "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}}}
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_twenty_kills_in_a_row_lose_nothing_and_double_nothing(tmp_path, broker):
+    rng = random.Random(7)
+    events = own_redis_url()
+    broker_url = events if broker == "redis" else service_url("rabbitmq")
+    with fresh_postgres_database(service_url("database")) as database_url:
+        # The same worker is killed over and over: it must not lock itself for it here.
+        farm = SchedulerFarm(tmp_path, database_url, broker_url, events, max_attempts=KILLS + 10,
+                             lock_after_failures=0)
+        try:
+            farm.start_web()
+            ids = [farm.submit(save_then_sleep(rng.randint(400, 1500), color)) for color in range(KILLS)]
+            kills = 0
+            while kills < KILLS:
+                farm.start_worker("victim", wait=False)
+                deadline = time.monotonic() + 90
+                while True:
+                    with farm.engine.connect() as connection:
+                        running = connection.execute(text(
+                            "SELECT count(*) FROM prompts WHERE state = 'running' AND worker = 'victim'")).scalar()
+                        left = connection.execute(text(
+                            "SELECT count(*) FROM prompts WHERE state IN ('queued', 'dispatched', 'running')")).scalar()
+                    if running or not left:
+                        break
+                    assert time.monotonic() < deadline, farm.logs()
+                    time.sleep(0.02)
+                if not left:
+                    break
+                time.sleep(rng.uniform(0.05, 0.8))
+                farm.kill_worker("victim")
+                kills += 1
+            farm.start_worker("survivor")
+            entries = {prompt_id: farm.history(prompt_id, timeout=120) for prompt_id in ids}
+            assert kills >= KILLS // 2
+            assert all(entry["status"]["status_str"] == "success" for entry in entries.values())
+            with farm.engine.connect() as connection:
+                rows = connection.execute(text("SELECT state, attempt FROM prompts")).all()
+            assert len(rows) == KILLS and {state for state, _ in rows} == {"success"}
+            assert max(attempt for _, attempt in rows) > 1  # some prompt was killed and run again
+            saved = [entry["outputs"]["2"]["images"][0]["filename"] for entry in entries.values()]
+            assert len(set(saved)) == KILLS
+            assert sorted(os.listdir(farm.data / "output")) == sorted(saved)  # one set of outputs each
+        finally:
+            farm.close()
