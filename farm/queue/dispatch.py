@@ -9,13 +9,17 @@ Invariants:
   worker's report. Among those, `farm.queue.placement.choose` decides (retries elsewhere,
   bounded checkpoint affinity). Draining and locked workers get nothing; nor does anyone while
   dispatch is paused farm-wide.
-- One assignment is one transaction that first locks the worker's row (`FOR UPDATE` on
-  PostgreSQL; `BEGIN IMMEDIATE` serializes writers on SQLite), re-checks that it is live, idle
-  and steerable, then moves the chosen prompt `queued -> dispatched` with a conditional UPDATE
-  (a prompt another dispatcher took meanwhile is not taken twice: the pick is made again), so any
-  number of dispatchers in any number of processes can run at once.
-- The message (ids only) is sent after the commit. If sending fails, the assignment is undone
-  (the prompt is queued again, attempt restored) and the next dispatch retries it.
+- A pass serves every idle worker in one transaction. Each assignment first locks the worker's
+  row (`FOR UPDATE` on PostgreSQL, in name order; `BEGIN IMMEDIATE` serializes writers on
+  SQLite), re-checks that it is live, idle and steerable, then moves the chosen prompt
+  `queued -> dispatched` with a conditional UPDATE (a prompt another dispatcher took meanwhile
+  is not taken twice: the pick is made again), so any number of dispatchers in any number of
+  processes can run at once.
+- The messages (ids only) are sent after the commit. If sending fails, the assignments not sent
+  are undone (queued again, attempt restored) and the next dispatch retries them.
+- A busy worker takes its next prompt itself (`take_next`) in the transaction that records its
+  last one, claimed at once: between two prompts of a busy worker there is one commit and no
+  broker round trip. Messages only wake idle workers.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 
@@ -47,13 +50,16 @@ _busy = exists().where(_prompts.c.worker == _workers.c.name, _prompts.c.state.in
 _PASS = select(
     select(_counters.c.value).where(_counters.c.name == PAUSED).scalar_subquery(),
     exists().where(_prompts.c.state == _QUEUED),
-    select(func.max(_needs.c.id)).scalar_subquery(),
+    select(func.count(_needs.c.id)).scalar_subquery(),
 )
 _WORKERS = select(_workers.c.name, _workers.c.model_files, _workers.c.loaded_models, _busy.label("busy")).where(
-    _STEERABLE)
-_NEEDS_AFTER = select(_needs.c.id, _needs.c.files).where(_needs.c.id > bindparam("after"))
-_LOCK_WORKER = select(_workers.c.name).where(_workers.c.name == bindparam("worker"), _STEERABLE).with_for_update()
-_IS_BUSY = select(exists().where(_prompts.c.worker == bindparam("worker"), _prompts.c.state.in_(_ACTIVE)))
+    _STEERABLE).order_by(_workers.c.name)
+_ALL_NEEDS = select(_needs.c.id, _needs.c.files)
+# The worker's row, locked, if it is live and steerable, and whether it holds a prompt.
+_LOCK_WORKER = (
+    select(_workers.c.name, exists().where(_prompts.c.worker == _workers.c.name, _prompts.c.state.in_(_ACTIVE)))
+    .where(_workers.c.name == bindparam("worker"), _STEERABLE).with_for_update(of=_workers)
+)
 _CANDIDATES = (
     select(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front, _prompts.c.needs_id, _prompts.c.lost_on,
            and_(_prompts.c.passed_at.is_not(None), _prompts.c.passed_at < ago("max_wait")).label("overdue"))
@@ -66,7 +72,15 @@ _ASSIGN = (
     update(_prompts).where(_prompts.c.prompt_id == bindparam("p_id"), _prompts.c.state == _QUEUED)
     .values(state=PromptState.DISPATCHED.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
             dispatched_at=db_now())
-    .returning(_prompts.c.attempt)
+    .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front)
+)
+# A busy worker's next prompt, taken as it records the last one: claimed (running) at once.
+_CLAIM_NEXT = (
+    update(_prompts).where(_prompts.c.prompt_id == bindparam("p_id"), _prompts.c.state == _QUEUED)
+    .values(state=PromptState.RUNNING.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
+            dispatched_at=db_now(), started_at=db_now())
+    .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
+               _prompts.c.outputs_to_execute, _prompts.c.client_id)
 )
 _MARK_PASSED = (
     update(_prompts).where(_prompts.c.prompt_id.in_(bindparam("passed", expanding=True)),
@@ -99,79 +113,102 @@ class Dispatcher:
         self.sender = sender
         self.settings = settings
         self.window = max(settings.affinity_lookahead, 8)
-        # model_needs rows never change: each process keeps the ones it has seen.
+        # model_needs rows never change: each process keeps the ones it has seen. Replaced, never
+        # changed in place: dispatch runs in several threads (a worker's prompt thread and its
+        # reporter, a web process's trigger).
         self._needs: dict[int, frozenset[str]] = {}
-        self._needs_lock = threading.Lock()
 
     def dispatch(self, only: str | None = None, loaded: frozenset[str] | None = None) -> list[Assignment]:
         """Give every idle worker (or just `only`, whose loaded checkpoints may be passed in as
-        `loaded`) a prompt it can run; return what was sent."""
+        `loaded`) a prompt it can run; return what was sent. Every worker is served in one
+        transaction, so that a burst reaches all idle workers at once."""
         with self.database.engine.connect() as connection:
-            paused, any_queued, last_needs = connection.execute(_PASS).one()
-            if paused or not any_queued:
-                return []
-            self._learn_needs(connection, last_needs)
-            live = [_Worker(row.name, placement.files_of(row.model_files),
-                            placement.loaded_checkpoints(row.loaded_models), bool(row.busy))
-                    for row in connection.execute(_WORKERS, {"timeout": self.settings.worker_timeout_seconds})]
-        sent: list[Assignment] = []
-        for worker in live:
-            if worker.busy or (only is not None and worker.name != only):
-                continue
-            if only is not None and loaded is not None:
-                worker = dataclasses.replace(worker, loaded=loaded)
-            assignment = self._assign(worker, live)
-            if assignment is None:
-                continue
+            live = self._live_workers(connection) if self._ready(connection) else []
+        idle = [worker for worker in live if not worker.busy and (only is None or worker.name == only)]
+        if only is not None and loaded is not None:
+            idle = [dataclasses.replace(worker, loaded=loaded) for worker in idle]
+        if not idle:
+            return []
+        assignments = []
+        with self.database.write_connection() as connection:
+            for worker in idle:  # in name order: concurrent dispatchers lock worker rows alike
+                taken = self._assign(connection, worker, lambda: live, _ASSIGN)
+                if taken is not None:
+                    assignments.append(Assignment(taken.prompt_id, taken.attempt, worker.name, taken.front))
+        for index, assignment in enumerate(assignments):
             if not self._send(assignment):
-                return sent
-            sent.append(assignment)
-        return sent
+                self._undo(assignments[index:])
+                return assignments[:index]
+        return assignments
 
-    def paused(self) -> bool:
-        with self.database.engine.connect() as connection:
-            return bool(connection.execute(_PASS).one()[0])
+    def take_next(self, connection, worker_name: str, files: frozenset[str], loaded: frozenset[str]):
+        """In the transaction that records a worker's last prompt, give that worker its next one,
+        claimed at once (no broker round trip between two prompts of a busy worker). `files` and
+        `loaded` are the worker's model files and loaded checkpoints as it knows them now. Returns
+        the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id), or
+        None when the worker should take none now."""
+        if not self._ready(connection):
+            return None
+        worker = _Worker(worker_name, files, loaded, busy=False)
+        return self._assign(connection, worker, lambda: self._live_workers(connection), _CLAIM_NEXT)
 
-    def _learn_needs(self, connection, last: int | None) -> None:
-        if last is None or last in self._needs:
-            return
-        with self._needs_lock:
-            after = max(self._needs, default=0)
-            for row in connection.execute(_NEEDS_AFTER, {"after": after}):
-                self._needs[row.id] = frozenset(row.files)
+    def _ready(self, connection) -> bool:
+        """Whether a pass has anything to do (dispatch not paused, some prompt queued); refreshes
+        the known model needs."""
+        paused, any_queued, needs_count = connection.execute(_PASS).one()
+        if paused or not any_queued:
+            return False
+        if needs_count != len(self._needs):
+            # Read them all again, not only ids above the highest known: ids are handed out
+            # before their transactions commit, so a lower one can appear later.
+            self._needs = {row.id: frozenset(row.files) for row in connection.execute(_ALL_NEEDS)}
+        return True
 
-    def _assign(self, worker: _Worker, live: list[_Worker]) -> Assignment | None:
-        eligible = [needs_id for needs_id, files in self._needs.items() if files <= worker.files]
-        others = [other for other in live if other.name != worker.name]
+    def _live_workers(self, connection) -> list[_Worker]:
+        """The steerable live workers, in name order."""
+        return [_Worker(row.name, placement.files_of(row.model_files), placement.loaded_checkpoints(row.loaded_models),
+                        bool(row.busy))
+                for row in connection.execute(_WORKERS, {"timeout": self.settings.worker_timeout_seconds})]
+
+    def _assign(self, connection, worker: _Worker, live, statement):
+        """Move the prompt `worker` should take out of the queue with `statement` (to dispatched, or
+        straight to running); the row it returns, or None. `live()` gives the live workers, asked
+        only when a candidate was lost by this worker before."""
+        needs = self._needs
+        eligible = [needs_id for needs_id, files in needs.items() if files <= worker.files]
 
         def runs_elsewhere(candidate: placement.Candidate) -> bool:
-            return any(candidate.needs <= other.files and other.name not in candidate.lost_on for other in others)
+            return any(candidate.needs <= other.files and other.name not in candidate.lost_on
+                       for other in live() if other.name != worker.name)
 
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker.name, "needs": eligible,
                   "window": self.window, "max_wait": float(self.settings.affinity_max_wait_seconds)}
-        with self.database.write_connection() as connection:
-            if connection.execute(_LOCK_WORKER, params).first() is None:
-                return None  # dead, draining or locked since the pass began
-            if connection.execute(_IS_BUSY, params).scalar():
+        locked = connection.execute(_LOCK_WORKER, params).first()
+        if locked is None or locked[1]:
+            return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
+        for _ in range(5):  # another dispatcher may take our pick between the read and the update
+            candidates = [
+                placement.Candidate(row.prompt_id, row.attempt, bool(row.front),
+                                    needs.get(row.needs_id, frozenset()) if row.needs_id else frozenset(),
+                                    tuple(row.lost_on or ()), bool(row.overdue))
+                for row in connection.execute(_CANDIDATES, params)
+            ]
+            choice = placement.choose(candidates, worker.name, worker.loaded, self.settings.affinity_lookahead,
+                                      runs_elsewhere)
+            if choice is None:
                 return None
-            for _ in range(5):  # another dispatcher may take our pick between the read and the update
-                candidates = [
-                    placement.Candidate(row.prompt_id, row.attempt, bool(row.front),
-                                        self._needs.get(row.needs_id, frozenset()) if row.needs_id else frozenset(),
-                                        tuple(row.lost_on or ()), bool(row.overdue))
-                    for row in connection.execute(_CANDIDATES, params)
-                ]
-                choice = placement.choose(candidates, worker.name, worker.loaded, self.settings.affinity_lookahead,
-                                          runs_elsewhere)
-                if choice is None:
-                    return None
-                chosen = candidates[choice.index]
-                attempt = connection.execute(_ASSIGN, {"p_id": chosen.prompt_id, "worker": worker.name}).scalar()
-                if attempt is not None:
-                    if choice.passed:
-                        connection.execute(_MARK_PASSED, {"passed": [candidates[i].prompt_id for i in choice.passed]})
-                    return Assignment(chosen.prompt_id, attempt, worker.name, chosen.front)
+            taken = connection.execute(statement, {"p_id": candidates[choice.index].prompt_id,
+                                                   "worker": worker.name}).first()
+            if taken is not None:
+                if choice.passed:
+                    connection.execute(_MARK_PASSED, {"passed": [candidates[i].prompt_id for i in choice.passed]})
+                return taken
         return None
+
+    def _undo(self, assignments: list[Assignment]) -> None:
+        with self.database.write_connection() as connection:
+            for assignment in assignments:
+                connection.execute(_UNASSIGN, {"p_id": assignment.prompt_id, "p_attempt": assignment.attempt})
 
     def _send(self, assignment: Assignment) -> bool:
         try:
@@ -179,8 +216,6 @@ class Dispatcher:
             return True
         except Exception:  # noqa: BLE001 - broker trouble must not lose the prompt
             log.exception("could not send prompt %s to %s; it stays queued", assignment.prompt_id, assignment.worker)
-            with self.database.write_connection() as connection:
-                connection.execute(_UNASSIGN, {"p_id": assignment.prompt_id, "p_attempt": assignment.attempt})
             return False
 
 

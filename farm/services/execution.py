@@ -81,24 +81,36 @@ def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, ou
     """Write the history entry, retrying while the database is unreachable (until `give_up()`);
     False when this attempt no longer owns the prompt (it was taken back: the result is stale).
     The worker's counters change in the same transaction; a timeout counts in its loss streak."""
+    recorded, _ = finish_then(database, claimed, worker, state, outputs, messages, execution_error,
+                              timed_out=timed_out, lock_after=lock_after, give_up=give_up, max_wait=max_wait)
+    return recorded
+
+
+def finish_then(database, claimed: ClaimedPrompt, worker: str, state: PromptState, outputs: dict,
+                messages: list, execution_error: dict | None, *, then: Callable | None = None,
+                timed_out: bool = False, lock_after: int = 0, give_up: Callable[[], bool] = lambda: False,
+                max_wait: float = 5.0) -> tuple[bool, ClaimedPrompt | None]:
+    """`finish`, and when the end is recorded, `then(connection)` in the same transaction: the
+    dispatcher's `take_next`, whose row is returned as the worker's next ClaimedPrompt."""
     values = {
         **_owner(claimed.prompt_id, claimed.attempt, worker, PromptState.RUNNING),
         "new_state": state.value, "outputs": outputs, "messages": messages, "execution_error": execution_error,
     }
 
-    def write() -> bool:
+    def write() -> tuple[bool, ClaimedPrompt | None]:
         with database.write_connection() as connection:
             if not connection.execute(_FINISH, values).rowcount:
-                return False
+                return False, None
             if not timed_out:
                 connection.execute(_COUNT_FAILED if state == PromptState.ERROR else _COUNT_DONE, {"p_worker": worker})
-                return True
-            streak = connection.execute(_COUNT_TIMEOUT, {"p_worker": worker}).scalar()
-            if lock_after and streak is not None and streak >= lock_after:
-                reason = f"lost or timed out {streak} prompts in a row; locked until an operator unlocks it"
-                connection.execute(_LOCK, {"p_worker": worker, "reason": reason})
-                log.error("worker %s locked: %s", worker, reason)
-            return True
+            else:
+                streak = connection.execute(_COUNT_TIMEOUT, {"p_worker": worker}).scalar()
+                if lock_after and streak is not None and streak >= lock_after:
+                    reason = f"lost or timed out {streak} prompts in a row; locked until an operator unlocks it"
+                    connection.execute(_LOCK, {"p_worker": worker, "reason": reason})
+                    log.error("worker %s locked: %s", worker, reason)
+            following = then(connection) if then is not None else None
+            return True, ClaimedPrompt(*following) if following is not None else None
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(DBAPIError),
@@ -108,10 +120,10 @@ def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, ou
             "could not record the end of %s (%s); retrying", claimed.prompt_id, retry_state.outcome.exception()),
         reraise=True,
     )
-    done = retrying(write)
-    if not done:
+    recorded, following = retrying(write)
+    if not recorded:
         log.warning("result of %s attempt %s refused: the prompt was taken back", claimed.prompt_id, claimed.attempt)
-    return done
+    return recorded, following
 
 
 def requeue(database, prompt_id: str, attempt: int, worker: str) -> bool:

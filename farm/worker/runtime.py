@@ -212,18 +212,22 @@ class WorkerRuntime:
                                 f"{self.settings.prompt_timeout_seconds:g} s (FARM_PROMPT_TIMEOUT_SECONDS)")
 
     def execute(self, prompt_id: str, attempt: int) -> None:
+        """The message for (prompt_id, attempt): claim and run it, then the prompts this worker
+        takes next as it records each one, until there is none for it."""
         with self._execution_lock:
-            self._execute(prompt_id, attempt)
-            self._apply_free()
+            claimed = None if self._stopping.is_set() else execution.claim(
+                self.context.database, prompt_id, attempt, self.name)
+            if claimed is None and not self._stopping.is_set():
+                log.info("dropping stale message for %s attempt %s", prompt_id, attempt)
+            # (Not claimed while stopping: the row goes back to the queue when this worker deregisters.)
+            while claimed is not None:
+                claimed = self._execute(claimed)
+                self._apply_free()
         self._dispatch_self()
 
-    def _execute(self, prompt_id: str, attempt: int) -> None:
-        if self._stopping.is_set():
-            return  # not claimed: the row goes back to the queue when this worker deregisters
-        claimed = execution.claim(self.context.database, prompt_id, attempt, self.name)
-        if claimed is None:
-            log.info("dropping stale message for %s attempt %s", prompt_id, attempt)
-            return
+    def _execute(self, claimed: execution.ClaimedPrompt) -> execution.ClaimedPrompt | None:
+        """Run one claimed prompt and record its end; the next prompt it took, if any."""
+        prompt_id, attempt = claimed.prompt_id, claimed.attempt
         discard_attempts(self.context.storage, prompt_id, keep=attempt)  # what killed attempts left
         outputs = AttemptOutputs(self.context.storage, prompt_id, attempt)
         with self._state_lock:
@@ -253,11 +257,13 @@ class WorkerRuntime:
                 execution.requeue(self.context.database, prompt_id, attempt, self.name)
                 self._publish_status()
                 log.info("worker stopping: %s goes back to the queue", prompt_id)
-                return
-            if self._end(claimed, result, held):
+                return None
+            recorded, following = self._end(claimed, result, held)
+            if recorded:
                 outputs.keep()
             else:
                 outputs.discard()
+            return following
         finally:
             self.models.end_prompt()
             with self._state_lock:
@@ -265,18 +271,26 @@ class WorkerRuntime:
                 self._running = None
                 self._deadline = None
 
-    def _end(self, claimed, result: ExecutionResult, held: list[tuple[str, dict]]) -> bool:
-        """Record the prompt's end, then (only if recorded) tell its client; False when stale."""
+    def _end(self, claimed, result: ExecutionResult, held: list[tuple[str, dict]]):
+        """Record the prompt's end (taking this worker's next prompt in the same transaction, unless
+        it is stopping), then, only if recorded, tell its client. (recorded, next prompt or None)."""
         state = {"success": PromptState.SUCCESS, "error": PromptState.ERROR,
                  "interrupted": PromptState.INTERRUPTED}[result.status]
         timed_out = bool(result.error and result.error.get("exception_type") == PromptTimeout.exception_type)
-        recorded = execution.finish(self.context.database, claimed, self.name, state, result.outputs,
-                                    result.messages, result.error, timed_out=timed_out,
-                                    lock_after=self.settings.lock_after_failures)
-        if not recorded:
-            return False  # a stale attempt: the prompt belongs to another attempt now
-        self.tell_end(claimed.prompt_id, claimed.client_id, held)
-        return True
+        loaded = placement.loaded_checkpoints(self.models.report())
+        files = placement.files_of(self.info.model_files)
+
+        def take_next(connection):
+            if self._stopping.is_set():
+                return None
+            return self.context.dispatcher.take_next(connection, self.name, files, loaded)
+
+        recorded, following = execution.finish_then(
+            self.context.database, claimed, self.name, state, result.outputs, result.messages, result.error,
+            then=take_next, timed_out=timed_out, lock_after=self.settings.lock_after_failures)
+        if recorded:
+            self.tell_end(claimed.prompt_id, claimed.client_id, held)
+        return recorded, following
 
     def tell_end(self, prompt_id: str, client_id: str | None, held: list[tuple[str, dict]]) -> None:
         for event, data in held:

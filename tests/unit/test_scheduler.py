@@ -289,3 +289,34 @@ def test_clearing_a_huge_queue_is_one_statement_that_reports_only_what_it_cancel
     with context.database.reading() as session:
         states = dict(session.execute(select(Prompt.state, text("count(*)")).group_by(Prompt.state)).all())
     assert states == {"cancelled": count - 1, "dispatched": 1}
+
+
+def test_a_busy_worker_takes_its_next_prompt_as_it_records_the_last(client, context, sender):
+    register(context, "w1")
+    first = model_free_prompt(client)
+    (sent,) = take(sender)
+    second, third = model_free_prompt(client), model_free_prompt(client)
+    assert take(sender) == []  # w1 is busy: nothing is sent for the others
+
+    def record(claimed):
+        return execution.finish_then(
+            context.database, claimed, "w1", PromptState.SUCCESS, {}, [], None,
+            then=lambda connection: context.dispatcher.take_next(connection, "w1", frozenset(), frozenset()))
+
+    claimed = execution.claim(context.database, first, sent.attempt, "w1")
+    recorded, following = record(claimed)
+    assert recorded and following.prompt_id == second and following.attempt == 1
+    assert state_of(context, second) == ("running", "w1", 1)  # claimed: no message, no claim step
+    assert take(sender) == []
+    # A drained worker records its prompt but takes no next one.
+    client.post("/api/workers/w1/drain")
+    recorded, following = record(following)
+    assert recorded and following is None
+    assert state_of(context, third) == ("queued", None, 0)
+    # A stale attempt takes nothing either.
+    client.post("/api/workers/w1/unlock")
+    (sent,) = take(sender)
+    stale = execution.claim(context.database, third, sent.attempt, "w1")
+    with context.database.write_connection() as connection:
+        connection.execute(update(Prompt).where(Prompt.prompt_id == third).values(attempt=9))
+    assert record(stale) == (False, None)
