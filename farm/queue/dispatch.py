@@ -12,9 +12,9 @@ Invariants:
 - A pass serves every idle worker in one transaction. Each assignment first locks the worker's
   row (`FOR UPDATE` on PostgreSQL, in name order; `BEGIN IMMEDIATE` serializes writers on
   SQLite), re-checks that it is live, idle and steerable, then moves the chosen prompt
-  `queued -> dispatched` with a conditional UPDATE (a prompt another dispatcher took meanwhile
-  is not taken twice: the pick is made again), so any number of dispatchers in any number of
-  processes can run at once.
+  `queued -> dispatched` with a conditional UPDATE that skips a row another dispatcher holds (a
+  prompt taken or being taken meanwhile is not taken twice, nor waited for: the pick moves to the
+  next candidate), so any number of dispatchers in any number of processes can run at once.
 - The messages (ids only) are sent after the commit. If sending fails, the assignments not sent
   are undone (queued again, attempt restored) and the next dispatch retries them.
 - A busy worker takes its next prompt itself (`take_next`) in the transaction that records its
@@ -68,15 +68,23 @@ _CANDIDATES = (
     .order_by(_prompts.c.number, _prompts.c.prompt_id)
     .limit(bindparam("window"))
 )
+# The chosen prompt, if still queued and not being taken by another dispatcher right now: a row
+# another transaction has locked is skipped (the pick moves on), never waited for, so workers
+# finishing together do not queue up behind one head-of-queue row.
+_free = _prompts.alias("free")
+_FREE_CHOICE = (
+    select(_free.c.prompt_id).where(_free.c.prompt_id == bindparam("p_id"), _free.c.state == _QUEUED)
+    .with_for_update(skip_locked=True).scalar_subquery()
+)
 _ASSIGN = (
-    update(_prompts).where(_prompts.c.prompt_id == bindparam("p_id"), _prompts.c.state == _QUEUED)
+    update(_prompts).where(_prompts.c.prompt_id == _FREE_CHOICE)
     .values(state=PromptState.DISPATCHED.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
             dispatched_at=db_now())
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front)
 )
 # A busy worker's next prompt, taken as it records the last one: claimed (running) at once.
 _CLAIM_NEXT = (
-    update(_prompts).where(_prompts.c.prompt_id == bindparam("p_id"), _prompts.c.state == _QUEUED)
+    update(_prompts).where(_prompts.c.prompt_id == _FREE_CHOICE)
     .values(state=PromptState.RUNNING.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
             dispatched_at=db_now(), started_at=db_now())
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
@@ -186,23 +194,25 @@ class Dispatcher:
         locked = connection.execute(_LOCK_WORKER, params).first()
         if locked is None or locked[1]:
             return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
-        for _ in range(5):  # another dispatcher may take our pick between the read and the update
+        for _ in range(5):  # the candidates again: other dispatchers took or hold all we saw
             candidates = [
                 placement.Candidate(row.prompt_id, row.attempt, bool(row.front),
                                     needs.get(row.needs_id, frozenset()) if row.needs_id else frozenset(),
                                     tuple(row.lost_on or ()), bool(row.overdue))
                 for row in connection.execute(_CANDIDATES, params)
             ]
-            choice = placement.choose(candidates, worker.name, worker.loaded, self.settings.affinity_lookahead,
-                                      runs_elsewhere)
-            if choice is None:
-                return None
-            taken = connection.execute(statement, {"p_id": candidates[choice.index].prompt_id,
-                                                   "worker": worker.name}).first()
-            if taken is not None:
-                if choice.passed:
-                    connection.execute(_MARK_PASSED, {"passed": [candidates[i].prompt_id for i in choice.passed]})
-                return taken
+            while candidates:
+                choice = placement.choose(candidates, worker.name, worker.loaded, self.settings.affinity_lookahead,
+                                          runs_elsewhere)
+                if choice is None:
+                    return None
+                chosen = candidates[choice.index]
+                taken = connection.execute(statement, {"p_id": chosen.prompt_id, "worker": worker.name}).first()
+                if taken is not None:
+                    if choice.passed:
+                        connection.execute(_MARK_PASSED, {"passed": [candidates[i].prompt_id for i in choice.passed]})
+                    return taken
+                candidates.remove(chosen)  # taken or held by another dispatcher: the next pick
         return None
 
     def _undo(self, assignments: list[Assignment]) -> None:
