@@ -42,14 +42,12 @@ from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
 from farm.worker.device import device_report
 from farm.worker.liveness import Heartbeat, Reporter
+from farm.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 # The events that end a prompt for its client: held until its history entry is written.
 FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
-# A timed-out node that ignores interrupts this long is stopped with its process.
-TIMEOUT_KILL_GRACE_SECONDS = 10.0
-WATCHDOG_EXIT_CODE = 75
 
 
 class WorkerRuntime:
@@ -86,7 +84,6 @@ class WorkerRuntime:
         self._pending_free = (False, False)
         self._running: execution.ClaimedPrompt | None = None
         self._deadline: float | None = None  # monotonic time the running prompt times out at
-        self._watchdog: threading.Thread | None = None
 
     # lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,8 +98,7 @@ class WorkerRuntime:
         self.heartbeat.start()
         self.reporter.start()
         if self.settings.prompt_timeout_seconds:
-            self._watchdog = threading.Thread(target=self._watch, name="farm-watchdog", daemon=True)
-            self._watchdog.start()
+            Watchdog(self).start()
         self.context.warm_up()
         gc.collect()
         gc.freeze()  # start-up objects (torch, Celery) never need collecting: keep full collections short
@@ -129,6 +125,15 @@ class WorkerRuntime:
         self.bus.close()
         self.context.database.dispose()
         log.info("worker %s deregistered", self.name)
+
+    def stopped(self, wait: float) -> bool:
+        """Wait up to `wait` seconds; whether the worker is past stopping (its prompt abandoned)."""
+        return self._abandon.wait(wait)
+
+    def running(self) -> tuple[execution.ClaimedPrompt | None, float | None]:
+        """The prompt running now and the monotonic time it times out at."""
+        with self._state_lock:
+            return self._running, self._deadline
 
     def interrupt(self, prompt_id: str) -> None:
         """Interrupt `prompt_id` if it runs here now, or as soon as it starts here."""
@@ -318,28 +323,3 @@ class WorkerRuntime:
     def _publish_status(self) -> None:
         """The `status` broadcast, in order with this worker's events (counted by the bus's thread)."""
         self.bus.publish_status(self._count_queue)
-
-    # the watchdog -----------------------------------------------------------------------------
-    def _watch(self) -> None:
-        """A prompt whose node ignores the timeout's interrupt: record the timeout, then exit."""
-        while not self._abandon.wait(0.5):
-            with self._state_lock:
-                claimed, deadline = self._running, self._deadline
-            if claimed is not None and deadline is not None \
-                    and time.monotonic() > deadline + TIMEOUT_KILL_GRACE_SECONDS:
-                self._kill_stuck(claimed)
-
-    def _kill_stuck(self, claimed) -> None:
-        message = (f"the prompt ran longer than the farm's limit of {self.settings.prompt_timeout_seconds:g} s "
-                   f"and did not stop; its worker was restarted")
-        error = reaping.worker_lost_error(claimed.prompt_id, message, PromptTimeout.exception_type)
-        log.error("prompt %s: %s", claimed.prompt_id, message)
-        try:
-            if execution.finish(self.heartbeat.database, claimed, self.name, PromptState.ERROR, {},
-                                [["execution_error", error]], error, timed_out=True,
-                                lock_after=self.settings.lock_after_failures, give_up=lambda: True):
-                self.tell_end(claimed.prompt_id, claimed.client_id, [("execution_error", error)])
-                self.bus.flush(5)
-        except Exception:  # noqa: BLE001 - unrecorded, the prompt is taken back once this worker is gone
-            log.exception("could not record the timeout of %s", claimed.prompt_id)
-        os._exit(WATCHDOG_EXIT_CODE)

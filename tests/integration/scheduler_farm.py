@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,12 @@ import requests
 from sqlalchemy import create_engine, text
 
 from tests.integration.farm_process import FarmProcess, farm_env, free_port
+from tests.services import service_url
+
+
+def own_redis_url() -> str:
+    """The shared Redis, on a database of this test's own (pub/sub channels carry the number)."""
+    return service_url("redis").rsplit("/", 1)[0] + f"/{random.randint(1, 15)}"
 
 
 def sleep_prompt(ms: int, value: int = 1) -> dict:

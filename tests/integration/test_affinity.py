@@ -9,8 +9,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from tests.integration.scheduler_farm import SchedulerFarm
-from tests.integration.test_failover import own_redis_url
+from tests.integration.scheduler_farm import SchedulerFarm, own_redis_url
 from tests.services import fresh_postgres_database, service_url
 from tests.workflows import seed_workflow
 

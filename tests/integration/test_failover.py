@@ -8,7 +8,6 @@ scenario is several timeouts long. Tests that stop a database use a throwaway se
 from __future__ import annotations
 
 import json
-import random
 import signal
 import threading
 import time
@@ -16,30 +15,13 @@ import time
 import pytest
 import requests
 
-from tests.integration.scheduler_farm import SchedulerFarm, block_prompt, sleep_prompt
+from tests.integration.scheduler_farm import SchedulerFarm, block_prompt, own_redis_url, sleep_prompt
 from tests.integration.test_websocket import Socket
 from tests.services import ThrowawayPostgres, fresh_postgres_database, service_url
 
 pytestmark = pytest.mark.integration
 
 FINAL = ("execution_success", "execution_error", "execution_interrupted")
-
-
-def own_redis_url() -> str:
-    """The shared Redis, on a database of this test's own (pub/sub channels carry the number)."""
-    return service_url("redis").rsplit("/", 1)[0] + f"/{random.randint(1, 15)}"
-
-
-@pytest.fixture
-def farm(tmp_path):
-    with fresh_postgres_database(service_url("database")) as database_url:
-        redis_url = own_redis_url()
-        farm = SchedulerFarm(tmp_path, database_url, redis_url, redis_url)
-        try:
-            farm.start_web()
-            yield farm
-        finally:
-            farm.close()
 
 
 def finals(sock: Socket, prompt_id: str) -> list[str]:

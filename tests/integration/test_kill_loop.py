@@ -11,8 +11,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.integration.scheduler_farm import SchedulerFarm
-from tests.integration.test_failover import own_redis_url
+from tests.integration.scheduler_farm import SchedulerFarm, own_redis_url
 from tests.services import fresh_postgres_database, service_url
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from tests.integration.scheduler_farm import sleep_prompt
-from tests.integration.test_failover import farm  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 
