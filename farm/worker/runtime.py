@@ -83,6 +83,7 @@ class WorkerRuntime:
         self._execution_lock = threading.Lock()
         self._pending_free = (False, False)
         self._running: execution.ClaimedPrompt | None = None
+        self._files: frozenset[str] = frozenset()  # the model files as "folder/path" (placement's form)
         self._deadline: float | None = None  # monotonic time the running prompt times out at
 
     # lifecycle ----------------------------------------------------------------------------
@@ -175,7 +176,10 @@ class WorkerRuntime:
             setattr(self.info, key, value)
         self.info.loaded_models = self.models.report()  # a snapshot: never waits for a load
         if walk_models:
-            self.info.model_files = inventory(self.settings.models_dir)
+            found = inventory(self.settings.models_dir)
+            if found != self.info.model_files:
+                self.info.model_files = found
+                self._files = placement.files_of(found)  # what take_next matches, built once per change
 
     def _presumed_dead(self, database) -> None:
         """The heartbeat found this worker reaped: its running attempt was taken back (and may run
@@ -283,7 +287,7 @@ class WorkerRuntime:
                  "interrupted": PromptState.INTERRUPTED}[result.status]
         timed_out = bool(result.error and result.error.get("exception_type") == PromptTimeout.exception_type)
         loaded = placement.loaded_checkpoints(self.models.report())
-        files = placement.files_of(self.info.model_files)
+        files = self._files
 
         def take_next(connection):
             if self._stopping.is_set():
