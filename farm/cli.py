@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from farm.config import load_settings
+from farm.config import load_settings, names_list
 from farm.graph.progress import PREVIEW_METHODS
 from farm.logs import configure_logging
 
@@ -36,10 +36,6 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
                              "start summary; FARM_VERBOSE=1")
 
 
-def _tags(value: str) -> tuple[str, ...]:
-    return tuple(tag.strip() for tag in value.split(",") if tag.strip())
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="A render farm that speaks ComfyUI's API.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--cpu", action="store_true", help="one worker on the CPU")
     worker.add_argument("--name", help="worker name (default <host>-gpu<N> or <host>-cpu); with --gpus the base "
                                        "of the names: <name>-gpu<N>")
-    worker.add_argument("--tags", type=_tags, help="comma-separated labels of this worker; FARM_WORKER_TAGS")
+    worker.add_argument("--tags", type=names_list, help="comma-separated labels of this worker; FARM_WORKER_TAGS")
     worker.add_argument("--restart", action="store_true",
                         help="run the worker as a child process and start it again when it dies (always so with "
                              "several GPUs; farm up uses it)")

@@ -136,8 +136,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         lock_after_failures=number("lock_after_failures", int, 3),
         affinity_lookahead=number("affinity_lookahead", int, 16),
         affinity_max_wait_seconds=number("affinity_max_wait_seconds", float, 30.0),
-        worker_tags=number("worker_tags", _names, ()),
-        node_modules=number("node_modules", _names, ()),
+        worker_tags=number("worker_tags", names_list, ()),
+        node_modules=number("node_modules", names_list, ()),
         verbose=number("verbose", _flag, False),
         history_max_items=number("history_max_items", int, 10000),
         worker_nice=number("worker_nice", int, 5),
@@ -160,7 +160,7 @@ def _compile_mode(value: str) -> str:
     return mode
 
 
-def _names(value) -> tuple[str, ...]:
+def names_list(value) -> tuple[str, ...]:
     """A comma-separated list (or a list) of names, blanks dropped."""
     items = value.split(",") if isinstance(value, str) else value
     return tuple(item.strip() for item in items if item and item.strip())

@@ -25,7 +25,6 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
@@ -101,10 +100,6 @@ _UNASSIGN = (
            _prompts.c.state == PromptState.DISPATCHED.value)
     .values(state=_QUEUED, worker=None, dispatched_at=None, attempt=_prompts.c.attempt - 1)
 )
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclasses.dataclass(frozen=True)

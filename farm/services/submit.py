@@ -19,7 +19,7 @@ from farm.db.models import Counter, ModelNeeds, Prompt, PromptState
 from farm.db.upsert import insert_for
 from farm.graph import errors
 from farm.graph.validation import validate_prompt
-from farm.queue.dispatch import utcnow
+from farm.db.clock import db_now
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ _NEXT_NUMBER = (
     update(Counter.__table__).where(Counter.__table__.c.name == "prompt_number")
     .values(value=Counter.__table__.c.value + 1).returning(Counter.__table__.c.value)
 )
-_INSERT_PROMPT = insert(Prompt.__table__)
+# Accepted at the database's time, the clock every other prompt time is judged by.
+_INSERT_PROMPT = insert(Prompt.__table__).values(created_at=db_now())
 _NEEDS_ID = select(ModelNeeds.__table__.c.id).where(ModelNeeds.__table__.c.key == bindparam("key"))
 
 
@@ -127,7 +128,6 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         node_errors=validation.node_errors,
         state=PromptState.QUEUED.value,
         attempt=0,
-        created_at=utcnow(),
     )
     row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
     try:
