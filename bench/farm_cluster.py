@@ -242,6 +242,12 @@ class Farm:
         self.processes.stop(workers)
         self.wait(lambda: self.devices() == [], 60, "the stopped workers to leave /system_stats")
 
+    def set_dispatch(self, paused: bool) -> None:
+        answer = self.session.post(f"{self.url}/api/dispatch/{'pause' if paused else 'resume'}", timeout=10)
+        if answer.status_code != 200:
+            raise BenchError(f"{self.label}: dispatch {'pause' if paused else 'resume'}: {answer.status_code} "
+                             f"{answer.text[:300]}")
+
     def queue_remaining(self) -> int:
         return self.session.get(f"{self.url}/prompt", timeout=10).json()["exec_info"]["queue_remaining"]
 

@@ -116,8 +116,15 @@ def post_all(url: str, prompts: list[dict], threads: int) -> tuple[list[str], fl
     return ids, time.perf_counter() - started
 
 
-def run_batch(farm: Farm, count: int, sleep_ms: int, timeout: float) -> tuple[list[str], list[dict], float]:
+def run_batch(farm: Farm, count: int, sleep_ms: int, timeout: float,
+              queued: bool = False) -> tuple[list[str], list[dict], float]:
+    """Post `count` Sleep prompts and wait for them all. `queued`: with dispatch paused while they
+    are posted, then resumed, so the workers drain a deep queue and share no time with the posting."""
+    if queued:
+        farm.set_dispatch(paused=True)
     ids, submit_s = post_all(farm.url, [prompt(sleep_ms) for _ in range(count)], threads=4)
+    if queued:
+        farm.set_dispatch(paused=False)
     farm.wait(lambda: farm.queue_remaining() == 0, timeout, f"{count} prompts to finish", every=0.25)
     entries = [farm.history(prompt_id) for prompt_id in ids]
     missing = [p for p, e in zip(ids, entries) if e is None]
@@ -152,7 +159,7 @@ def scaling(farm: Farm, n: int, args) -> dict:
         run_batch(farm, n, args.sleep_ms, timeout)  # warm-up: first prompts pay for lazy start-up
         count = args.per_worker * n
         meter = farm.processes.cpu_meter()
-        ids, entries, submit_s = run_batch(farm, count, args.sleep_ms, timeout)
+        ids, entries, submit_s = run_batch(farm, count, args.sleep_ms, timeout, queued=args.submit == "queued")
         cpu = meter.shares()
     finally:
         farm.stop_workers(workers)
@@ -382,6 +389,9 @@ def main() -> None:
                         help="Redis database for events (and the Redis broker), flushed at start and end")
     parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672//",
                         help="RabbitMQ server (a vhost of its own is made when rabbitmqctl can)")
+    parser.add_argument("--submit", choices=("live", "queued"), default="live",
+                        help="live: post while the workers run (default); queued: post with dispatch paused, then "
+                             "resume, so the workers drain a deep queue without sharing the cores with the posting")
     parser.add_argument("--quick", action="store_true", help="a CI-sized run: N 1,2, 4 prompts each, 10 samples")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even on success")
     args = parser.parse_args()

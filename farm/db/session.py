@@ -21,11 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 30000
+# A pooled connection idle longer than this is pinged before use. One in steady use is not:
+# a ping per checkout is a round trip on every prompt and request, the largest single cost of a
+# worker's step between two prompts. A connection that died within this window fails its next
+# statement; SQLAlchemy then invalidates every connection of the pool, the hot paths that must
+# not fail (recording a prompt's end, claiming) retry, and any other caller answers as in an outage.
+IDLE_PING_SECONDS = 1.0
 
 
 @dataclass
@@ -89,6 +95,25 @@ def _configure_sqlite(engine: Engine) -> None:
             driver.execute("BEGIN")
 
 
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling (its `checkout` event recipe), only for
+    connections that sat in the pool longer than IDLE_PING_SECONDS (pool_pre_ping pings every time)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):
+        if time.monotonic() - record.info.get("checked_in", 0.0) <= IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any failure means this connection is unusable
+            # The pool discards this connection and checks out another (a fresh one if need be).
+            raise exc.DisconnectionError(str(error)) from error
+
+
 def _begin_immediate(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
     driver.execute("PRAGMA busy_timeout=0")
     try:
@@ -117,10 +142,12 @@ def make_database(url: str, *, pool_size: int = 10) -> Database:
     else:
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        kwargs.update(pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+        kwargs.update(pool_size=pool_size, max_overflow=20)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    else:
+        _ping_when_idle(engine)
     writer = engine.execution_options(farm_write=True)
     return Database(
         engine=engine,

@@ -59,6 +59,13 @@ _LOCK_WORKER = (
     select(_workers.c.name, exists().where(_prompts.c.worker == _workers.c.name, _prompts.c.state.in_(_ACTIVE)))
     .where(_workers.c.name == bindparam("worker"), _STEERABLE).with_for_update(of=_workers)
 )
+# take_next's first statement: the same lock and check, with _PASS's answers in one round trip
+# (this runs between every two prompts of a busy worker, where round trips are the cost).
+_LOCK_FOR_NEXT = (
+    select(_workers.c.name, exists().where(_prompts.c.worker == _workers.c.name, _prompts.c.state.in_(_ACTIVE)),
+           *_PASS.selected_columns)
+    .where(_workers.c.name == bindparam("worker"), _STEERABLE).with_for_update(of=_workers)
+)
 _CANDIDATES = (
     select(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front, _prompts.c.needs_id, _prompts.c.lost_on,
            and_(_prompts.c.passed_at.is_not(None), _prompts.c.passed_at < ago("max_wait")).label("overdue"))
@@ -150,15 +157,20 @@ class Dispatcher:
         `loaded` are the worker's model files and loaded checkpoints as it knows them now. Returns
         the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id), or
         None when the worker should take none now."""
-        if not self._ready(connection):
-            return None
+        params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name}
+        locked = connection.execute(_LOCK_FOR_NEXT, params).first()
+        if locked is None or locked[1] or not self._has_work(connection, *locked[2:]):
+            return None  # not steerable, holding a prompt, paused, or nothing queued
         worker = _Worker(worker_name, files, loaded, busy=False)
-        return self._assign(connection, worker, lambda: self._live_workers(connection), _CLAIM_NEXT)
+        return self._assign(connection, worker, lambda: self._live_workers(connection), _CLAIM_NEXT, locked=True)
 
     def _ready(self, connection) -> bool:
         """Whether a pass has anything to do (dispatch not paused, some prompt queued); refreshes
         the known model needs."""
-        paused, any_queued, needs_count = connection.execute(_PASS).one()
+        return self._has_work(connection, *connection.execute(_PASS).one())
+
+    def _has_work(self, connection, paused, any_queued, needs_count) -> bool:
+        """_PASS's answers: whether a pass has anything to do; refreshes the known model needs."""
         if paused or not any_queued:
             return False
         if needs_count != len(self._needs):
@@ -173,10 +185,11 @@ class Dispatcher:
                         bool(row.busy))
                 for row in connection.execute(_WORKERS, {"timeout": self.settings.worker_timeout_seconds})]
 
-    def _assign(self, connection, worker: _Worker, live, statement):
+    def _assign(self, connection, worker: _Worker, live, statement, locked: bool = False):
         """Move the prompt `worker` should take out of the queue with `statement` (to dispatched, or
         straight to running); the row it returns, or None. `live()` gives the live workers, asked
-        only when a candidate was lost by this worker before."""
+        only when a candidate was lost by this worker before. `locked`: the caller has locked and
+        checked the worker's row already."""
         needs = self._needs
         eligible = [needs_id for needs_id, files in needs.items() if files <= worker.files]
 
@@ -186,9 +199,10 @@ class Dispatcher:
 
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker.name, "needs": eligible,
                   "window": self.window, "max_wait": float(self.settings.affinity_max_wait_seconds)}
-        locked = connection.execute(_LOCK_WORKER, params).first()
-        if locked is None or locked[1]:
-            return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
+        if not locked:
+            row = connection.execute(_LOCK_WORKER, params).first()
+            if row is None or row[1]:
+                return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
         for _ in range(5):  # the candidates again: other dispatchers took or hold all we saw
             candidates = [
                 placement.Candidate(row.prompt_id, row.attempt, bool(row.front),

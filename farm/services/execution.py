@@ -67,12 +67,24 @@ class ClaimedPrompt:
     client_id: str | None
 
 
+# A claim that meets a connection the database dropped (pooled connections in steady use are not
+# pinged) tries again on a fresh one; a longer outage leaves the prompt dispatched, and the
+# reaper puts it back in the queue once it is unclaimed for a worker timeout.
+_claim_retrying = tenacity.Retrying(
+    retry=tenacity.retry_if_exception_type(DBAPIError), wait=tenacity.wait_fixed(0.05),
+    stop=tenacity.stop_after_attempt(3), reraise=True,
+)
+
+
 def claim(database, prompt_id: str, attempt: int, worker: str) -> ClaimedPrompt | None:
-    with database.write_connection() as connection:
-        claimed = connection.execute(_CLAIM, _owner(prompt_id, attempt, worker, PromptState.DISPATCHED)).rowcount
-        if not claimed:
-            return None
-        return ClaimedPrompt(*connection.execute(_CLAIMED_ROW, {"p_id": prompt_id}).one())
+    def write() -> ClaimedPrompt | None:
+        with database.write_connection() as connection:
+            owner = _owner(prompt_id, attempt, worker, PromptState.DISPATCHED)
+            if not connection.execute(_CLAIM, owner).rowcount:
+                return None
+            return ClaimedPrompt(*connection.execute(_CLAIMED_ROW, {"p_id": prompt_id}).one())
+
+    return _claim_retrying(write)
 
 
 def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, outputs: dict,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from farm.engine.model_cache import ModelCache
 from farm.engine.types import LoraPatch
