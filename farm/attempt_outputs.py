@@ -26,11 +26,13 @@ def _journals(storage) -> Path:
 
 
 class AttemptOutputs:
-    """The storage one attempt's nodes write through: the shared storage, with every numbered
-    output journaled before it is created."""
+    """The storage one attempt's nodes write through: its team's storage, with every numbered
+    output journaled (with the team) before it is created."""
 
-    def __init__(self, storage, prompt_id: str, attempt: int):
-        self._storage = storage
+    def __init__(self, storage, prompt_id: str, attempt: int, team: str | None = None):
+        self._shared = storage
+        self._team = team or ""
+        self._storage = storage.for_team(team)
         self.path = _journals(storage) / f"{prompt_id}.{attempt}"
 
     def __getattr__(self, name):
@@ -42,7 +44,7 @@ class AttemptOutputs:
     def _journal(self, kind: str, subfolder: str, filename: str) -> None:
         descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(descriptor, f"{kind}\t{subfolder}\t{filename}\n".encode())
+            os.write(descriptor, f"{self._team}\t{kind}\t{subfolder}\t{filename}\n".encode())
         finally:
             os.close(descriptor)
 
@@ -52,7 +54,7 @@ class AttemptOutputs:
 
     def discard(self) -> None:
         """The attempt's end was refused (stale) or it was put back: its outputs go."""
-        _discard(self._storage, self.path)
+        _discard(self._shared, self.path)
 
 
 def discard_attempts(storage, prompt_id: str, keep: int | None = None) -> int:
@@ -74,8 +76,9 @@ def _discard(storage, journal: Path) -> int:
         return 0
     for line in lines:
         try:
-            kind, subfolder, filename = line.split("\t")
-            path = storage.resolve(kind, subfolder, filename)
+            fields = line.split("\t")
+            team, kind, subfolder, filename = fields if len(fields) == 4 else ["", *fields]  # before teams: 3
+            path = storage.for_team(team).resolve(kind, subfolder, filename)
         except ValueError:
             continue  # a torn last line, or a name the store refuses: nothing of ours
         try:

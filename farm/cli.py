@@ -30,6 +30,11 @@ def _add_previews(parser: argparse.ArgumentParser) -> None:
                              "FARM_PREVIEW_METHOD, default none")
 
 
+def _add_auth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--auth", choices=("auto", "on", "off"),
+                        help="API keys: on, off, or auto (off on loopback only, on otherwise); FARM_AUTH, default auto")
+
+
 def _add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", default=None,
                         help="show every process's full log (Celery's banner, migrations) instead of the "
@@ -44,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(up)
     up.add_argument("--cpu", action="store_true", help="one CPU worker even when GPUs are present")
     _add_cors(up)
+    _add_auth(up)
     _add_previews(up)
     _add_verbose(up)
 
     web = commands.add_parser("web", help="run the web server (API)")
     _add_common(web)
     _add_cors(web)
+    _add_auth(web)
 
     worker = commands.add_parser("worker", help="run a worker: one process per GPU, or one on the CPU")
     _add_common(worker)
@@ -69,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_previews(worker)
     _add_verbose(worker)
 
-    from farm import cli_ops
+    from farm import cli_ops, cli_teams
 
     cli_ops.add_commands(commands)
+    cli_teams.add_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -82,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     settings = load_settings(data_dir=getattr(args, "data_dir", None), models_dir=getattr(args, "models_dir", None),
                              host=getattr(args, "host", None), port=getattr(args, "port", None),
                              enable_cors_header=getattr(args, "enable_cors_header", None),
                              preview_method=getattr(args, "preview_method", None),
-                             worker_tags=getattr(args, "tags", None), verbose=getattr(args, "verbose", None))
+                             worker_tags=getattr(args, "tags", None), verbose=getattr(args, "verbose", None),
+                             auth=getattr(args, "auth", None))
     configure_logging(settings.verbose)
 
     if args.command == "up":
@@ -95,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_farm(settings, [] if args.cpu else visible_gpus())
     if args.command == "web":
+        from farm.summary import auth_line
         from web.server import serve
 
+        print(f"farm web on {settings.host}:{settings.port}; auth {auth_line(settings)}", file=sys.stderr)
         serve(settings)
         return 0
     if args.command == "worker":
@@ -105,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         from farm import cli_ops
 
         return cli_ops.run(args, settings)
+    if args.command in ("teams", "keys"):
+        from farm import cli_teams
+
+        return cli_teams.run(args, settings)
     if args.command == "db":
         from farm.db.migrate import upgrade
 

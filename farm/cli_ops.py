@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -37,11 +38,23 @@ def add_commands(commands) -> None:
 
 
 def _add_url(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the farm's address (default http://FARM_HOST:FARM_PORT, as farm up serves)")
+    parser.add_argument("--url", help="the farm's address (default FARM_URL, else http://FARM_HOST:FARM_PORT, as "
+                                      "farm up serves)")
+    parser.add_argument("--key", help="an admin API key (default FARM_API_KEY); not needed with auth off")
+
+
+def farm_url(args, settings) -> str:
+    return (args.url or os.environ.get("FARM_URL") or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+def api_key(args) -> str | None:
+    return getattr(args, "key", None) or os.environ.get("FARM_API_KEY") or None
 
 
 def run(args, settings) -> int:
-    base = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    base = farm_url(args, settings)
+    global _KEY
+    _KEY = api_key(args)
     try:
         if args.command == "dispatch":
             if args.dispatch_command == "status":
@@ -73,10 +86,15 @@ class ApiError(RuntimeError):
     pass
 
 
+_KEY: str | None = None  # the key of this command (one command per process)
+
+
 def _call(base: str, method: str, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if _KEY:
+        headers["Authorization"] = f"Bearer {_KEY}"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)

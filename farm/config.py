@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from pathlib import Path
 from typing import Mapping
@@ -73,6 +74,16 @@ class Settings:
     preview_method: str = "none"
     # WebSockets one web process holds; each holds a thread, on top of web_threads for HTTP.
     web_sockets: int = 1000
+    # API keys: "on" (every request needs one), "off" (none needed: the local user may do
+    # everything, as in ComfyUI), "auto": off when listening on loopback only, on otherwise.
+    auth: str = "auto"
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key: `auth`, with "auto" on unless listening on loopback only."""
+        if self.auth == "auto":
+            return not loopback_only(self.host)
+        return self.auth == "on"
 
     @property
     def embedded_redis_socket(self) -> Path:
@@ -147,7 +158,29 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         channels_last=number("channels_last", _flag, True),
         preview_method=get("preview_method", "none"),
         web_sockets=number("web_sockets", int, 1000),
+        auth=_auth_mode(get("auth", "auto")),
     )
+
+
+AUTH_MODES = ("auto", "on", "off")
+
+
+def loopback_only(host: str) -> bool:
+    """Whether listening on `host` reaches this machine only."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
+
+
+def _auth_mode(value) -> str:
+    mode = str(value).strip().lower()
+    mode = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(mode, mode)
+    if mode not in AUTH_MODES:
+        raise ValueError(f"FARM_AUTH must be one of {', '.join(AUTH_MODES)}, not {value!r}")
+    return mode
 
 
 COMPILE_UNET_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -226,4 +259,5 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         env["FARM_ENABLE_CORS_HEADER"] = settings.enable_cors_header
     env["FARM_PREVIEW_METHOD"] = settings.preview_method
     env["FARM_WEB_SOCKETS"] = str(settings.web_sockets)
+    env["FARM_AUTH"] = settings.auth
     return env

@@ -50,12 +50,14 @@ def channel_for(url: str | None) -> str:
 class BusEvent:
     """One event as a relay receives it; `data` is parsed only when asked for."""
 
-    __slots__ = ("type", "prompt_id", "client_id", "message", "_data")
+    __slots__ = ("type", "prompt_id", "client_id", "team", "message", "_data")
 
-    def __init__(self, event_type: str, prompt_id: str | None, client_id: str | None, message: bytes):
+    def __init__(self, event_type: str, prompt_id: str | None, client_id: str | None, message: bytes,
+                 team: str | None = None):
         self.type = event_type
         self.prompt_id = prompt_id
         self.client_id = client_id
+        self.team = team  # the prompt's team: only its sockets (and admins') get the event
         self.message = message  # {"type", "data"} as UTF-8 JSON: a socket's text frame as it is
         self._data = None
 
@@ -81,8 +83,12 @@ def encode_json(value) -> str:
     return value.json if type(value) is EncodedDict else json.dumps(value, separators=(",", ":"))
 
 
-def encode_event(event_type: str, data, prompt_id: str | None = None, client_id: str | None = None) -> str:
-    routing = json.dumps({"type": event_type, "prompt_id": prompt_id, "client_id": client_id}, separators=(",", ":"))
+def encode_event(event_type: str, data, prompt_id: str | None = None, client_id: str | None = None,
+                 team: str | None = None) -> str:
+    header = {"type": event_type, "prompt_id": prompt_id, "client_id": client_id}
+    if team is not None:
+        header["team"] = team
+    routing = json.dumps(header, separators=(",", ":"))
     return f'{routing}\n{{"type":{json.dumps(event_type)},"data":{encode_json(data)}}}'
 
 
@@ -97,7 +103,8 @@ def decode_events(raw: bytes | str) -> list[BusEvent]:
         header = json.loads(routing)
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
             raise ValueError("not a farm event")
-        events.append(BusEvent(header["type"], header.get("prompt_id"), header.get("client_id"), message))
+        events.append(BusEvent(header["type"], header.get("prompt_id"), header.get("client_id"), message,
+                               header.get("team")))
     return events
 
 
@@ -133,12 +140,13 @@ class EventBus:
         self._lock = threading.Lock()
 
     def publish(self, event_type: str, data: dict, *, prompt_id: str | None = None, client_id: str | None = None,
-                own: bool = True) -> None:
-        """Queue one event; `own=False` for a prompt this worker does not run (a lost one it ends)."""
+                own: bool = True, team: str | None = None) -> None:
+        """Queue one event of `team`'s prompt; `own=False` for a prompt this worker does not run (a
+        lost one it ends)."""
         if not self.url:
             return
         self._start()
-        self._queue.put(encode_event(event_type, data, prompt_id, client_id))
+        self._queue.put(encode_event(event_type, data, prompt_id, client_id, team))
         if own and self.worker is not None and isinstance(data, dict):
             if event_type == "executing":
                 node = data.get("display_node") or data.get("node")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 KINDS = ("output", "input", "temp")
+DEFAULT_TEAM = "default"
+TEAM_FOLDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -47,14 +49,32 @@ def split_prefix(prefix: str) -> tuple[str, str]:
 class LocalStorage:
     """One local folder per type (output, input, temp)."""
 
-    def __init__(self, roots: dict[str, Path]):
+    def __init__(self, roots: dict[str, Path], teams_root: Path | None = None):
         self.roots = {kind: Path(path) for kind, path in roots.items()}
+        # Other teams' files live in folders of their own, beside (never inside) these roots:
+        # `<teams_root>/<team>/<type>`. A team sees its own folders only, by construction.
+        self.teams_root = Path(teams_root) if teams_root is not None else None
         self._next_counters: dict[tuple[Path, str], int] = {}
         self._counter_lock = threading.Lock()
+        self._teams: dict[str, LocalStorage] = {}
 
     @classmethod
     def from_settings(cls, settings) -> "LocalStorage":
-        return cls({"output": settings.output_dir, "input": settings.input_dir, "temp": settings.temp_dir})
+        return cls({"output": settings.output_dir, "input": settings.input_dir, "temp": settings.temp_dir},
+                   teams_root=settings.data_dir / "teams")
+
+    def for_team(self, team: str | None) -> "LocalStorage":
+        """The storage `team` reads and writes: these roots for the default team, its own folders
+        for any other."""
+        if not team or team == DEFAULT_TEAM or self.teams_root is None:
+            return self
+        found = self._teams.get(team)
+        if found is None:
+            if not TEAM_FOLDER.match(team):
+                raise PathRejected(f"invalid team name {team!r}")
+            found = LocalStorage({kind: self.teams_root / team / kind for kind in self.roots})
+            self._teams = {**self._teams, team: found}  # replaced, not changed: read without a lock
+        return found
 
     def root(self, kind: str) -> Path:
         if kind not in self.roots:

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from farm.config import Settings
+from farm.config import Settings, loopback_only
 from farm.models import inventory
 
-LOOPBACK_HOSTS = {"localhost", "::1"}
 SHOWN_FOLDERS = (("checkpoints", "checkpoint", "checkpoints"), ("loras", "lora", "loras"), ("vae", "vae", "vae"))
 
 
@@ -73,10 +72,15 @@ def models_line(models_dir: Path) -> str:
 
 
 def auth_line(settings: Settings) -> str:
-    # No authentication exists yet: say who can reach the API instead.
-    if settings.host in LOOPBACK_HOSTS or settings.host.startswith("127."):
-        return "off (loopback only)"
-    return f"off (anyone who can reach {settings.host}:{settings.port})"
+    """Which auth mode applies, and why (FARM_AUTH)."""
+    why = f"FARM_AUTH={settings.auth}"
+    if settings.auth == "auto":
+        why += f", {'loopback only' if not settings.auth_enabled else f'listening on {settings.host}'}"
+    if settings.auth_enabled:
+        return f"on ({why}): requests need an API key (farm keys create)"
+    if loopback_only(settings.host):
+        return f"off ({why})"
+    return f"off ({why}): anyone who can reach {settings.host}:{settings.port} may do everything"
 
 
 def _device(device_name: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers", "ws")
+API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers",
+                  "teams", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:
@@ -12,7 +13,7 @@ def create_app(settings, *, context=None) -> Flask:
     from importlib import import_module
 
     from farm.services.context import make_context
-    from web import errors, security
+    from web import auth, errors, security
     from web.api.ws import SERVER_OPTIONS as WEBSOCKET_OPTIONS
     from web.relay import Relay
 
@@ -45,6 +46,7 @@ def create_app(settings, *, context=None) -> Flask:
     app.extensions["farm"] = context
     errors.register(app)
     security.register(app, settings)
+    auth.register(app, settings, context.database)  # after the origin checks: a foreign page gets 403 first
     for module_name in API_BLUEPRINTS:
         blueprint = import_module(f"web.api.{module_name}").blueprint
         # Every route answers both bare and under /api, as ComfyUI's server does.

@@ -78,8 +78,10 @@ class Client:
     """One connected socket as the relay sees it."""
 
     def __init__(self, sid: str, outbox: Outbox, kill: Callable[[], None] = lambda: None,
-                 prompts: set[str] | None = None, everything: bool = False):
+                 prompts: set[str] | None = None, everything: bool = False, team: str | None = None):
         self.sid = sid
+        # The team whose prompts' events this socket may get; None: every team's (admins, auth off).
+        self.team = team
         self.outbox = outbox
         self.kill = kill  # tears the connection down under a handler blocked in a send
         self.prompts = set(prompts or ())
@@ -178,7 +180,9 @@ class Relay:
         self._dispatch_lock = threading.Lock()
         self._lock = threading.Lock()
         self._clients: set[Client] = set()
-        self._by_sid: dict[str, Client] = {}
+        # (team, sid) -> socket: a socket of another team naming itself with the same client id
+        # neither replaces nor receives the first one's events (team None: admins, auth off).
+        self._by_sid: dict[tuple[str | None, str], Client] = {}
         self._watchers: dict[str, set[Client]] = {}
         self._everything: set[Client] = set()
         self.running_nodes = RunningNodes(events_url)  # what the workers run now, for reconnects
@@ -203,7 +207,7 @@ class Relay:
                 return False
             self._clients.add(client)
             # A new socket with the same sid replaces the old one for routing (spec 4.1).
-            self._by_sid[client.sid] = client
+            self._by_sid[(client.team, client.sid)] = client
             for prompt_id in client.prompts:
                 self._watchers.setdefault(prompt_id, set()).add(client)
             if client.everything:
@@ -216,8 +220,8 @@ class Relay:
                 client.holds_listener = False
                 self.listener.release()
             self._clients.discard(client)
-            if self._by_sid.get(client.sid) is client:
-                del self._by_sid[client.sid]
+            if self._by_sid.get((client.team, client.sid)) is client:
+                del self._by_sid[(client.team, client.sid)]
             for prompt_id in client.prompts:
                 watchers = self._watchers.get(prompt_id)
                 if watchers is not None:
@@ -270,13 +274,19 @@ class Relay:
                 clients = list(self._clients)
             else:
                 clients = []
-                if target.client_id is not None and target.client_id in self._by_sid:
-                    clients.append(self._by_sid[target.client_id])
+                if target.client_id is not None:
+                    for team in {event.team, None}:
+                        if (team, target.client_id) in self._by_sid:
+                            clients.append(self._by_sid[(team, target.client_id)])
                 if prompt_id is not None and prompt_id in self._watchers:
                     clients.extend(self._watchers[prompt_id])
                 clients.extend(self._everything)
                 if len(clients) > 1:
                     clients = list(dict.fromkeys(clients))
+        if event.team is not None:
+            # A prompt's events reach its own team only, whatever a socket subscribed to or
+            # named itself (a guessed client id or prompt id gets another team nothing).
+            clients = [client for client in clients if client.team is None or client.team == event.team]
         if not clients:
             return
         frames = Frames(event)

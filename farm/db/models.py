@@ -1,11 +1,13 @@
-"""The tables: prompts (queue and history in one row per prompt), workers, model needs, counters."""
+"""The tables: prompts (queue and history in one row per prompt), workers, model needs, counters,
+teams, their API keys and the audit log."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        TypeDecorator)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -91,10 +93,13 @@ class Prompt(Base):
     # When model affinity first let an idle worker pass this prompt over (database time): the
     # bound on how long affinity may keep it waiting counts from here.
     passed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The team that submitted it (its key's team; "default" with auth off): what it is seen by.
+    team: Mapped[str] = mapped_column(String(64), nullable=False, default="default", server_default="default")
 
     __table_args__ = (
         # The queue order: pending prompts by number, then prompt_id (ComfyUI's heap order).
         Index("ix_prompts_queue", "state", "number", "prompt_id"),
+        Index("ix_prompts_team", "team", "state", "number"),
         # History paging: finished prompts in completion order.
         Index("ix_prompts_history", "finished_at", "prompt_id"),
         Index("ix_prompts_worker", "worker", "state"),
@@ -163,3 +168,49 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class Team(Base):
+    """A team (a show, in OpenCue's words): whose work a prompt is, and its share of the workers."""
+
+    __tablename__ = "teams"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Worker slots the team is guaranteed (fair share), and the most it may hold (None: no cap).
+    share: Mapped[float] = mapped_column(Float, nullable=False, default=1.0, server_default="1")
+    burst: Mapped[int | None] = mapped_column(Integer)
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    # Priorities above this (and `front`) need the operator role.
+    max_priority: Mapped[int] = mapped_column(Integer, nullable=False, default=50, server_default="50")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ApiKey(Base):
+    """An API key of a team with a role; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team: Mapped[str] = mapped_column(String(64), ForeignKey("teams.name"), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    label: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)  # shown in lists and the audit log
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One change to someone else's work or to the farm: who (key prefix, team, role), what, when."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    actor: Mapped[str] = mapped_column(String(64), nullable=False)
+    actor_team: Mapped[str] = mapped_column(String(64), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[dict] = mapped_column(JSONType, nullable=False, default=dict)

@@ -58,14 +58,19 @@ class ExecutionCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def signatures(self, prompt: dict) -> dict[str, str]:
-        """Signature of every node of `prompt` (nodes linked to missing nodes get none)."""
+    def signatures(self, prompt: dict, env=None, team: str | None = None) -> dict[str, str]:
+        """Signature of every node of `prompt` (nodes linked to missing nodes get none). `env` is
+        the prompt's team's node environment (its input files); the team is part of every
+        signature, so no team is ever served another team's outputs (their files are not its own)."""
+        env = env or self.env
         order = plan_execution(prompt, list(prompt))
         signatures: dict[str, str] = {}
         for node_id in order:
             node = prompt[node_id]
             cls = self.registry[node["class_type"]]
-            parts = [node["class_type"], _fingerprint(cls.fingerprint(self.env, node.get("inputs", {})))]
+            parts = [node["class_type"], _fingerprint(cls.fingerprint(env, node.get("inputs", {})))]
+            if team:
+                parts.append(f"team:{team}")
             if cls.NOT_IDEMPOTENT:
                 parts.append(f"id:{node_id}")
             for name in sorted(node.get("inputs", {})):

@@ -83,9 +83,12 @@ class GraphExecutor:
         emit: Emit,
         check_interrupt: Callable[[], None] = lambda: None,
         storage=None,
+        env: NodeEnvironment | None = None,
+        team: str | None = None,
     ) -> ExecutionResult:
         """Run the prompt; `storage` replaces the executor's for this run's nodes (a worker passes
-        one that journals what the attempt writes)."""
+        one that journals what the attempt writes), `env` and `team` those of the prompt's team
+        (its input files; cached outputs are never shared between teams)."""
         storage = storage or self.storage
         messages: list[list] = []
 
@@ -95,7 +98,7 @@ class GraphExecutor:
             emit(event, data)
 
         send("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
-        signatures = self.cache.signatures(prompt) if self.cache is not None else {}
+        signatures = self.cache.signatures(prompt, env, team) if self.cache is not None else {}
         cached = self.cache.start_prompt(signatures) if self.cache is not None else []
         send("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": now_ms()})
 

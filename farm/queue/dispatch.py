@@ -94,7 +94,7 @@ _CLAIM_NEXT = (
     .values(state=PromptState.RUNNING.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
             dispatched_at=db_now(), started_at=db_now())
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
-               _prompts.c.outputs_to_execute, _prompts.c.client_id)
+               _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team)
 )
 _MARK_PASSED = (
     update(_prompts).where(_prompts.c.prompt_id.in_(bindparam("passed", expanding=True)),
@@ -155,7 +155,7 @@ class Dispatcher:
         """In the transaction that records a worker's last prompt, give that worker its next one,
         claimed at once (no broker round trip between two prompts of a busy worker). `files` and
         `loaded` are the worker's model files and loaded checkpoints as it knows them now. Returns
-        the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id), or
+        the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id, team), or
         None when the worker should take none now."""
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name}
         locked = connection.execute(_LOCK_FOR_NEXT, params).first()

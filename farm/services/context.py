@@ -27,6 +27,13 @@ class FarmContext:
     # The model_needs ids this process has met (submissions refer to them).
     needs_ids: ModelNeedsIds = dataclasses.field(default_factory=ModelNeedsIds)
 
+    def node_env_for(self, team: str | None) -> NodeEnvironment:
+        """The node environment `team`'s prompts are validated in: its own input files."""
+        storage = self.storage.for_team(team)
+        if storage is self.storage:
+            return self.node_env
+        return NodeEnvironment(storage, self.node_env.models_dir, self.node_env.models)
+
     def warm_up(self) -> None:
         """Connect to the database and the broker before the first request needs them."""
         from sqlalchemy import text

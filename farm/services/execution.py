@@ -49,7 +49,7 @@ _LOCK = update(_workers).where(_workers.c.name == bindparam("p_worker"), _worker
     locked=True, lock_reason=bindparam("reason"))
 _CLAIMED_ROW = select(
     _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
-    _table.c.client_id,
+    _table.c.client_id, _table.c.team,
 ).where(_table.c.prompt_id == bindparam("p_id"))
 
 
@@ -65,6 +65,7 @@ class ClaimedPrompt:
     extra_data: dict
     outputs_to_execute: list
     client_id: str | None
+    team: str = "default"
 
 
 # A claim that meets a connection the database dropped (pooled connections in steady use are not

@@ -15,14 +15,20 @@ def queue_item(row: Prompt) -> list:
     return [number_json(row.number), row.prompt_id, row.prompt, row.extra_data, row.outputs_to_execute]
 
 
-def queue(database, settings=None) -> dict:
-    """Running (dispatched or running, on any worker) and pending prompts, in run order. A pending
-    prompt that waits for something other than its turn says why in extra_data.farm_waiting_for."""
+def _team_filter(query, team: str | None):
+    """`team`'s prompts only; None: every team's (admins, auth off)."""
+    return query if team is None else query.where(Prompt.team == team)
+
+
+def queue(database, settings=None, team: str | None = None) -> dict:
+    """Running (dispatched or running, on any worker) and pending prompts of `team` (None: all),
+    in run order. A pending prompt that waits for something other than its turn says why in
+    extra_data.farm_waiting_for."""
     with database.reading() as session:
-        rows = session.execute(
+        rows = session.execute(_team_filter(
             select(Prompt)
             .where(Prompt.state.in_([PromptState.QUEUED.value, *[s.value for s in PromptState.active()]]))
-            .order_by(Prompt.number, Prompt.prompt_id)
+            .order_by(Prompt.number, Prompt.prompt_id), team)
         ).scalars().all()
     reasons = {} if settings is None else waiting_reasons(database, settings, rows)
     pending = []
@@ -64,18 +70,20 @@ def history_entry(row: Prompt) -> dict:
     }
 
 
-def history_one(database, prompt_id: str) -> dict:
+def history_one(database, prompt_id: str, team: str | None = None) -> dict:
     with database.reading() as session:
-        row = session.execute(
-            select(Prompt).where(Prompt.prompt_id == prompt_id, Prompt.state.in_(FINISHED))
+        row = session.execute(_team_filter(
+            select(Prompt).where(Prompt.prompt_id == prompt_id, Prompt.state.in_(FINISHED)), team)
         ).scalar_one_or_none()
     return {} if row is None else {prompt_id: history_entry(row)}
 
 
-def history_page(database, max_items: int | None, offset: int | None, cap: int) -> dict:
-    """ComfyUI's paging: oldest first; `max_items` alone gives the most recent M (spec §3.7)."""
+def history_page(database, max_items: int | None, offset: int | None, cap: int, team: str | None = None) -> dict:
+    """ComfyUI's paging over `team`'s history (None: all): oldest first; `max_items` alone gives
+    the most recent M (spec §3.7)."""
     with database.reading() as session:
-        total = session.scalar(select(func.count()).select_from(Prompt).where(Prompt.state.in_(FINISHED)))
+        total = session.scalar(_team_filter(
+            select(func.count()).select_from(Prompt).where(Prompt.state.in_(FINISHED)), team))
         if offset is None or offset < 0:
             limit = cap if max_items is None else max_items
             if limit < 0:
@@ -86,9 +94,9 @@ def history_page(database, max_items: int | None, offset: int | None, cap: int) 
             limit = cap if max_items is None else max(max_items, 1)
         if start >= total or limit == 0:
             return {}
-        rows = session.execute(
+        rows = session.execute(_team_filter(
             select(Prompt).where(Prompt.state.in_(FINISHED))
             .order_by(Prompt.finished_at, Prompt.prompt_id)
-            .offset(start).limit(limit)
+            .offset(start).limit(limit), team)
         ).scalars().all()
     return {row.prompt_id: history_entry(row) for row in rows}

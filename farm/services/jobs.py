@@ -121,9 +121,10 @@ def job_detail(row: Prompt) -> dict:
     }
 
 
-def list_jobs(database, query: JobQuery, settings=None) -> dict:
+def list_jobs(database, query: JobQuery, settings=None, team: str | None = None) -> dict:
+    """`team`'s jobs (None: every team's)."""
     table = Prompt.__table__
-    conditions = []
+    conditions = [] if team is None else [table.c.team == team]
     if query.statuses:
         conditions.append(table.c.state.in_([s for status in query.statuses for s in JOB_STATUSES[status]]))
     if query.workflow_id:
@@ -160,10 +161,10 @@ def list_jobs(database, query: JobQuery, settings=None) -> dict:
     }
 
 
-def get_job(database, job_id: str, settings=None) -> dict | None:
+def get_job(database, job_id: str, settings=None, team: str | None = None) -> dict | None:
     with database.reading() as session:
         row = session.get(Prompt, job_id)
-    if row is None:
+    if row is None or (team is not None and row.team != team):
         return None
     job = job_detail(row)
     reason = {} if settings is None else waiting_reasons(database, settings, [row])
@@ -179,11 +180,12 @@ def is_job_id(value) -> bool:
         return False
 
 
-def cancel(context, job_ids: list[str]) -> bool:
-    """Dequeue pending jobs and interrupt running ones; False when nothing could be cancelled."""
-    dequeued = queue_control.cancel_pending(context.database, job_ids)
+def cancel(context, job_ids: list[str], team: str | None = None) -> bool:
+    """Dequeue `team`'s pending jobs and interrupt its running ones; False when nothing could be
+    cancelled."""
+    dequeued = queue_control.cancel_pending(context.database, job_ids, team=team)
     if dequeued:
         context.queue_changed()
     rest = [job_id for job_id in job_ids if job_id not in dequeued]
-    interrupted = [job_id for job_id in rest if queue_control.interrupt(context, job_id)]
+    interrupted = [job_id for job_id in rest if queue_control.interrupt(context, job_id, team=team)]
     return bool(dequeued or interrupted)

@@ -22,25 +22,32 @@ _CANCEL = (
 _IDS_PER_STATEMENT = 10000
 
 
-def cancel_pending(database, prompt_ids: list[str] | None = None) -> list[str]:
-    """Take queued prompts out of the queue (all when `prompt_ids` is None); return their ids."""
+def _of_team(statement, team: str | None):
+    """Limited to `team`'s prompts; None: every team's (admins, auth off)."""
+    return statement if team is None else statement.where(_table.c.team == team)
+
+
+def cancel_pending(database, prompt_ids: list[str] | None = None, team: str | None = None) -> list[str]:
+    """Take `team`'s queued prompts out of the queue (all of them when `prompt_ids` is None);
+    return their ids. Another team's ids are left alone."""
     ids = None if prompt_ids is None else list(dict.fromkeys(str(i) for i in prompt_ids))
     cancelled: list[str] = []
+    statement = _of_team(_CANCEL, team)
     with database.write_connection() as connection:
         if ids is None:
-            cancelled = list(connection.execute(_CANCEL).scalars())
+            cancelled = list(connection.execute(statement).scalars())
         for start in range(0, len(ids or ()), _IDS_PER_STATEMENT):
             chunk = ids[start:start + _IDS_PER_STATEMENT]
-            cancelled += connection.execute(_CANCEL.where(_table.c.prompt_id.in_(chunk))).scalars()
+            cancelled += connection.execute(statement.where(_table.c.prompt_id.in_(chunk))).scalars()
     return cancelled
 
 
-def running(database, prompt_id: str | None = None) -> list[tuple[str, str, str]]:
-    """(prompt_id, worker name, worker host) of prompts dispatched or running on a worker."""
-    query = (
+def running(database, prompt_id: str | None = None, team: str | None = None) -> list[tuple[str, str, str]]:
+    """(prompt_id, worker name, worker host) of `team`'s prompts dispatched or running on a worker."""
+    query = _of_team(
         select(_table.c.prompt_id, _table.c.worker, Worker.__table__.c.host)
         .join(Worker.__table__, Worker.__table__.c.name == _table.c.worker)
-        .where(_table.c.state.in_(_ACTIVE))
+        .where(_table.c.state.in_(_ACTIVE)), team
     )
     if prompt_id is not None:
         query = query.where(_table.c.prompt_id == prompt_id)
@@ -48,18 +55,20 @@ def running(database, prompt_id: str | None = None) -> list[tuple[str, str, str]
         return [tuple(row) for row in connection.execute(query)]
 
 
-def interrupt(context, prompt_id: str | None = None) -> list[str]:
-    """Interrupt running prompts (one, or all); pending prompts are not touched."""
-    targets = running(context.database, prompt_id)
+def interrupt(context, prompt_id: str | None = None, team: str | None = None) -> list[str]:
+    """Interrupt `team`'s running prompts (one, or all); pending prompts are not touched."""
+    targets = running(context.database, prompt_id, team)
     if context.control is not None:
         for target_id, worker, host in targets:
             context.control.interrupt(target_id, worker, host)
     return [target_id for target_id, _, _ in targets]
 
 
-def delete_history(database, prompt_ids: list[str] | None = None) -> int:
-    """Forget ended prompts (all when `prompt_ids` is None); running and queued ones stay."""
+def delete_history(database, prompt_ids: list[str] | None = None, team: str | None = None) -> int:
+    """Forget `team`'s ended prompts (all when `prompt_ids` is None); running and queued ones stay."""
     condition = _table.c.state.in_(_ENDED)
+    if team is not None:
+        condition = condition & (_table.c.team == team)
     if prompt_ids is not None:
         condition = condition & _table.c.prompt_id.in_([str(i) for i in prompt_ids])
     with database.write_connection() as connection:

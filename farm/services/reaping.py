@@ -40,6 +40,7 @@ class LostPrompt:
     prompt_id: str
     client_id: str | None
     error: dict  # the execution_error of its history entry
+    team: str | None = None
 
 
 @dataclasses.dataclass
@@ -138,7 +139,7 @@ def _requeue_or_fail(row: Prompt, settings, reason: str, failed: list[LostPrompt
     row.outputs = {}
     row.messages = [["execution_error", error]]
     row.execution_error = error
-    failed.append(LostPrompt(row.prompt_id, row.client_id, error))
+    failed.append(LostPrompt(row.prompt_id, row.client_id, error, row.team))
 
 
 def announce_lost(bus, failed: list[LostPrompt], count_queue, status: bool = False) -> None:
@@ -147,12 +148,13 @@ def announce_lost(bus, failed: list[LostPrompt], count_queue, status: bool = Fal
     if bus is None:
         return
     for lost in failed:
-        bus.publish("execution_error", lost.error, prompt_id=lost.prompt_id, client_id=lost.client_id, own=False)
+        bus.publish("execution_error", lost.error, prompt_id=lost.prompt_id, client_id=lost.client_id, own=False,
+                    team=lost.team)
     if failed or status:
         bus.publish_status(count_queue)
     for lost in failed:
         bus.publish("executing", {"node": None, "prompt_id": lost.prompt_id},
-                    prompt_id=lost.prompt_id, client_id=lost.client_id, own=False)
+                    prompt_id=lost.prompt_id, client_id=lost.client_id, own=False, team=lost.team)
 
 
 class Reaper:

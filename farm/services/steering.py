@@ -14,6 +14,8 @@ from sqlalchemy import exists, select, update
 from farm.db.clock import db_now
 from farm.db.models import Prompt, PromptState, Worker
 from farm.queue.dispatch import PAUSED, set_paused
+from farm.services import audit
+from farm.services.principal import LOCAL, Principal
 
 _ACTIVE = [s.value for s in PromptState.active()]
 OPERATOR_LOCK = "locked by an operator"
@@ -83,23 +85,28 @@ def _view(worker: Worker, live: bool, busy: bool, heartbeat_age: float, running:
     }
 
 
-def _change(database, name: str, **values) -> None:
+def _change(database, name: str, actor: Principal, action: str, **values) -> None:
     with database.write() as session:
         if not session.execute(update(Worker).where(Worker.name == name).values(**values)).rowcount:
             raise UnknownWorker(name)
+        audit.record(session.connection(), actor, f"worker.{action}", f"worker:{name}",
+                     {"reason": values["lock_reason"]} if values.get("lock_reason") else None)
 
 
-def drain(database, name: str) -> None:
+def drain(database, name: str, actor: Principal = LOCAL) -> None:
     """The worker finishes what it runs and takes nothing new (until unlocked)."""
-    _change(database, name, draining=True)
+    actor.require("admin", "draining a worker")
+    _change(database, name, actor, "drain", draining=True)
 
 
-def lock(database, name: str, reason: str | None = None) -> None:
-    _change(database, name, locked=True, lock_reason=reason or OPERATOR_LOCK)
+def lock(database, name: str, reason: str | None = None, actor: Principal = LOCAL) -> None:
+    actor.require("admin", "locking a worker")
+    _change(database, name, actor, "lock", locked=True, lock_reason=reason or OPERATOR_LOCK)
 
 
-def unlock(database, name: str) -> None:
-    _change(database, name, locked=False, draining=False, lock_reason=None, failures_in_row=0)
+def unlock(database, name: str, actor: Principal = LOCAL) -> None:
+    actor.require("admin", "unlocking a worker")
+    _change(database, name, actor, "unlock", locked=False, draining=False, lock_reason=None, failures_in_row=0)
 
 
 def dispatch_paused(database) -> bool:
@@ -109,5 +116,8 @@ def dispatch_paused(database) -> bool:
         return bool(read_counter(connection, PAUSED))
 
 
-def pause_dispatch(database, paused: bool) -> None:
+def pause_dispatch(database, paused: bool, actor: Principal = LOCAL) -> None:
+    actor.require("admin", "pausing or resuming dispatch")
     set_paused(database, paused)
+    with database.write_connection() as connection:
+        audit.record(connection, actor, "dispatch.pause" if paused else "dispatch.resume", "farm")

@@ -15,11 +15,12 @@ import uuid
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from farm.db.clock import db_now
 from farm.db.models import Counter, ModelNeeds, Prompt, PromptState
 from farm.db.upsert import insert_for
 from farm.graph import errors
 from farm.graph.validation import validate_prompt
-from farm.db.clock import db_now
+from farm.services.principal import LOCAL, Principal
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,13 @@ def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def submit_prompt(farm, body) -> SubmitAnswer:
-    """Validate and enqueue one POST /prompt body; `farm` is the web's FarmContext."""
+def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
+    """Validate and enqueue one POST /prompt body for `principal`'s team; `farm` is the web's
+    FarmContext. `front` needs the operator role (it passes every other team's work)."""
     if not isinstance(body, dict) or "prompt" not in body:
         return _refuse(errors.no_prompt())
+    if body.get("front") and "number" not in body:
+        principal.require("operator", "front (running before everything queued)")
 
     prompt_id = body.get("prompt_id")
     if prompt_id is None:
@@ -90,7 +94,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
     elif not _canonical_uuid(prompt_id):
         return _refuse(errors.invalid_prompt_id(f"prompt_id {prompt_id!r} is not a lowercase hyphenated UUID"))
     else:
-        earlier = _earlier_answer(farm.database, prompt_id, request_hash(body))  # a retry?
+        earlier = _earlier_answer(farm.database, prompt_id, request_hash(body), principal)  # a retry?
         if earlier is not None:
             return earlier
 
@@ -110,7 +114,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         except (TypeError, ValueError):
             return _refuse(errors.invalid_prompt(f"number must be a number, got {body['number']!r}"))
 
-    validation = validate_prompt(body["prompt"], farm.registry, farm.node_env, targets)
+    validation = validate_prompt(body["prompt"], farm.registry, farm.node_env_for(principal.team), targets)
     if not validation.ok:
         return _refuse(validation.error, validation.node_errors)
 
@@ -128,6 +132,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
         node_errors=validation.node_errors,
         state=PromptState.QUEUED.value,
         attempt=0,
+        team=principal.team,
     )
     row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
     try:
@@ -140,7 +145,7 @@ def submit_prompt(farm, body) -> SubmitAnswer:
             connection.execute(_INSERT_PROMPT, row)
     except IntegrityError:
         # The same prompt_id committed concurrently: answer as a retry would be answered.
-        earlier = _earlier_answer(farm.database, prompt_id, body_hash)
+        earlier = _earlier_answer(farm.database, prompt_id, body_hash, principal)
         if earlier is None:
             raise
         return earlier
@@ -156,15 +161,16 @@ def number_json(number: float) -> float | int:
     return int(number) if float(number).is_integer() else number
 
 
-def _earlier_answer(database, prompt_id: str, body_hash: str) -> SubmitAnswer | None:
+def _earlier_answer(database, prompt_id: str, body_hash: str, principal: Principal) -> SubmitAnswer | None:
     with database.reading() as session:
         row = session.execute(
-            select(Prompt.request_hash, Prompt.number, Prompt.node_errors, Prompt.front)
+            select(Prompt.request_hash, Prompt.number, Prompt.node_errors, Prompt.front, Prompt.team)
             .where(Prompt.prompt_id == prompt_id)
         ).one_or_none()
     if row is None:
         return None
-    if row.request_hash != body_hash:
+    if row.request_hash != body_hash or not principal.sees(row.team):
+        # (Another team's id answers as any conflict does: nothing about that prompt is told.)
         return _refuse(errors.prompt_id_conflict(prompt_id))
     return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row.number),
                               "node_errors": row.node_errors})

@@ -238,7 +238,7 @@ class WorkerRuntime:
         """Run one claimed prompt and record its end; the next prompt it took, if any."""
         prompt_id, attempt = claimed.prompt_id, claimed.attempt
         discard_attempts(self.context.storage, prompt_id, keep=attempt)  # what killed attempts left
-        outputs = AttemptOutputs(self.context.storage, prompt_id, attempt)
+        outputs = AttemptOutputs(self.context.storage, prompt_id, attempt, claimed.team)
         with self._state_lock:
             self.info.current_prompt = prompt_id
             self._running = claimed
@@ -254,7 +254,7 @@ class WorkerRuntime:
             if event in FINAL_EVENTS:
                 held.append((event, data))
             else:
-                self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id)
+                self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id, team=claimed.team)
 
         self._publish_status()  # taken off the queue (spec 4.3: before execution_start)
         self.models.begin_prompt()
@@ -298,20 +298,23 @@ class WorkerRuntime:
             self.context.database, claimed, self.name, state, result.outputs, result.messages, result.error,
             then=take_next, timed_out=timed_out, lock_after=self.settings.lock_after_failures)
         if recorded:
-            self.tell_end(claimed.prompt_id, claimed.client_id, held)
+            self.tell_end(claimed, held)
         return recorded, following
 
-    def tell_end(self, prompt_id: str, client_id: str | None, held: list[tuple[str, dict]]) -> None:
+    def tell_end(self, claimed: execution.ClaimedPrompt, held: list[tuple[str, dict]]) -> None:
+        prompt_id, client_id, team = claimed.prompt_id, claimed.client_id, claimed.team
         for event, data in held:
-            self.bus.publish(event, data, prompt_id=prompt_id, client_id=client_id)
+            self.bus.publish(event, data, prompt_id=prompt_id, client_id=client_id, team=team)
         self._publish_status()  # ComfyUI's order: the status broadcast, then the final executing
-        self.bus.publish("executing", {"node": None, "prompt_id": prompt_id}, prompt_id=prompt_id, client_id=client_id)
+        self.bus.publish("executing", {"node": None, "prompt_id": prompt_id}, prompt_id=prompt_id, client_id=client_id,
+                         team=team)
 
     def _run(self, claimed, emit, outputs: AttemptOutputs) -> ExecutionResult:
         try:
             return self.executor.execute(
                 claimed.prompt_id, claimed.prompt, claimed.outputs_to_execute, claimed.extra_data,
                 emit, self._check_interrupt, storage=outputs,
+                env=self.context.node_env_for(claimed.team), team=claimed.team,
             )
         except Exception as exception:  # noqa: BLE001 - a broken plan fails the prompt, not the worker
             log.exception("prompt %s failed outside any node", claimed.prompt_id)

@@ -49,7 +49,7 @@ class FarmProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.args} exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/system_stats", timeout=1).status_code == 200:
+                if requests.get(self.url + "/system_stats", timeout=1).status_code in (200, 401):  # 401: auth on
                     return
             except requests.RequestException:
                 pass

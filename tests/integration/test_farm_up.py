@@ -119,7 +119,7 @@ def test_farm_up_prints_a_start_summary_instead_of_celery_s_banner(tmp_path):
         f"  workers: {socket.gethostname()}-cpu (cpu)",
         f"  models:  2 checkpoints, 1 lora, 0 vae (in {models.resolve()})",
         f"  data:    {data.resolve()}",
-        "  auth:    off (loopback only)",
+        "  auth:    off (FARM_AUTH=auto, loopback only)",
     ]
     everything = farm.stdout() + farm.output()
     assert not CELERY_BANNER.search(everything), everything

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from farm.services import queue_control
+from web.auth import principal
 from web.context import BadJSON, farm, json_body
 from web.errors import error_response
 
@@ -35,11 +36,11 @@ def _clear_or_delete(what: str, clear, delete):
         to_delete = _id_list(body, "delete")
     except ValueError as exception:
         return error_response(400, "invalid_request", f"Invalid {what} request", str(exception))
-    database = farm().database
+    database, team = farm().database, principal().scope
     if body.get("clear"):
-        clear(database)
+        clear(database, team=team)
     if to_delete:
-        delete(database, to_delete)
+        delete(database, to_delete, team=team)
     return "", 200
 
 
@@ -57,7 +58,7 @@ def post_interrupt():
     except BadJSON:
         body = {}  # ComfyUI treats a missing or broken body as "interrupt everything"
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-    queue_control.interrupt(farm(), str(prompt_id) if prompt_id else None)
+    queue_control.interrupt(farm(), str(prompt_id) if prompt_id else None, team=principal().scope)
     return "", 200
 
 
@@ -68,6 +69,7 @@ def post_history():
 
 @blueprint.post("/free")
 def post_free():
+    principal().require("admin", "/free (it unloads models on every worker)")
     body = _object_body()
     unload_models, free_memory = bool(body.get("unload_models")), bool(body.get("free_memory"))
     context = farm()

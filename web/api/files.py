@@ -9,6 +9,7 @@ from flask import Blueprint, Response, request, send_file
 from PIL import Image
 
 from farm.storage import KINDS, PathRejected, content_type
+from web.auth import principal
 from web.context import farm
 from web.errors import error_response
 
@@ -34,6 +35,20 @@ class FileRefError(Exception):
         return error_response(self.status, self.type, self.message, self.details)
 
 
+def team_storage():
+    """The storage of the requester's team; an admin may name another with `?team=`. Another
+    team's name from anyone else finds nothing (404), as its files do not exist for them."""
+    who, asked = principal(), request.args.get("team")
+    if asked and asked != who.team:
+        if not who.is_admin:
+            raise FileRefError(404, "not_found", "File not found", "")
+        try:
+            return farm().storage.for_team(asked)
+        except PathRejected as exception:
+            raise FileRefError(400, "invalid_team", "Invalid team", str(exception)) from None
+    return farm().storage.for_team(who.team)
+
+
 def locate(filename: str, kind: str, subfolder: str) -> tuple[Path, str]:
     """The existing file named like /view names it, and its basename; the checks in ComfyUI's order."""
     for annotation, annotated_kind in ANNOTATIONS.items():
@@ -44,7 +59,7 @@ def locate(filename: str, kind: str, subfolder: str) -> tuple[Path, str]:
         raise FileRefError(400, "invalid_filename", "Invalid filename", filename)
     if kind not in KINDS:
         raise FileRefError(400, "invalid_type", "Invalid file type", f"type must be one of {list(KINDS)}")
-    storage = farm().storage
+    storage = team_storage()
     try:
         storage.folder(kind, subfolder)
     except PathRejected as exception:

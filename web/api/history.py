@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from farm.services import history
+from web.auth import principal
 from web.context import farm
 from web.errors import error_response
 
@@ -24,9 +25,10 @@ def get_history():
         return error_response(400, "invalid_query", "max_items and offset must be integers",
                               request.query_string.decode(errors="replace"))
     context = farm()
-    return jsonify(history.history_page(context.database, max_items, offset, context.settings.history_max_items))
+    return jsonify(history.history_page(context.database, max_items, offset, context.settings.history_max_items,
+                                        team=principal().scope))
 
 
 @blueprint.get("/history/<path:prompt_id>")
 def get_history_entry(prompt_id: str):
-    return jsonify(history.history_one(farm().database, prompt_id))
+    return jsonify(history.history_one(farm().database, prompt_id, team=principal().scope))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from farm.services import jobs
+from web.auth import principal
 from web.context import BadJSON, farm, json_body
 
 blueprint = Blueprint("jobs", __name__)
@@ -20,18 +21,18 @@ def list_jobs():
         query = jobs.JobQuery.parse(request.args)
     except jobs.JobQueryError as exception:
         return _error(str(exception))
-    return jsonify(jobs.list_jobs(farm().database, query, farm().settings))
+    return jsonify(jobs.list_jobs(farm().database, query, farm().settings, team=principal().scope))
 
 
 @blueprint.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    job = jobs.get_job(farm().database, job_id, farm().settings)
+    job = jobs.get_job(farm().database, job_id, farm().settings, team=principal().scope)
     return jsonify(job) if job is not None else _error("Job not found", 404)
 
 
 @blueprint.post("/api/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    return jsonify({"cancelled": jobs.cancel(farm(), [job_id])})
+    return jsonify({"cancelled": jobs.cancel(farm(), [job_id], team=principal().scope)})
 
 
 @blueprint.post("/api/jobs/cancel")
@@ -46,4 +47,4 @@ def cancel_jobs():
     invalid = [job_id for job_id in job_ids if not jobs.is_job_id(job_id)]
     if invalid:
         return _error("Invalid job ids", invalid_ids=invalid)
-    return jsonify({"cancelled": jobs.cancel(farm(), job_ids)})
+    return jsonify({"cancelled": jobs.cancel(farm(), job_ids, team=principal().scope)})

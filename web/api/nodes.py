@@ -6,6 +6,7 @@ import logging
 
 from flask import Blueprint, jsonify
 
+from web.auth import principal
 from web.context import farm
 
 log = logging.getLogger(__name__)
@@ -14,10 +15,11 @@ blueprint = Blueprint("nodes", __name__)
 
 def _entries(class_types) -> dict:
     context = farm()
+    env = context.node_env_for(principal().team)  # LoadImage lists the team's own input files
     entries = {}
     for class_type in class_types:
         try:
-            entries[class_type] = context.registry[class_type].info(context.node_env)
+            entries[class_type] = context.registry[class_type].info(env)
         except Exception:  # noqa: BLE001 - one broken schema must not hide the other nodes (as in ComfyUI)
             log.exception("object_info for %s failed; the node is left out", class_type)
     return entries

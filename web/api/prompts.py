@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify
 
 from farm.services import history
 from farm.services.submit import submit_prompt
+from web.auth import principal
 from web.context import farm, json_body
 
 blueprint = Blueprint("prompts", __name__)
@@ -13,7 +14,7 @@ blueprint = Blueprint("prompts", __name__)
 
 @blueprint.post("/prompt")
 def post_prompt():
-    answer = submit_prompt(farm(), json_body())
+    answer = submit_prompt(farm(), json_body(), principal())
     return jsonify(answer.body), answer.status
 
 
@@ -24,4 +25,4 @@ def get_prompt():
 
 @blueprint.get("/queue")
 def get_queue():
-    return jsonify(history.queue(farm().database, farm().settings))
+    return jsonify(history.queue(farm().database, farm().settings, team=principal().scope))

@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 
 from farm.storage import KINDS, PathRejected
 from web.api.files import UNREADABLE_IMAGE, FileRefError, locate
+from web.auth import principal
 from web.context import farm
 from web.errors import error_response
 
@@ -108,7 +109,7 @@ def _original(reference: str | None):
 
 def _store(kind: str, subfolder: str, name: str, stream, overwrite: bool):
     try:
-        stored = farm().storage.save_upload(kind, subfolder, name, stream, overwrite)
+        stored = farm().storage.for_team(principal().team).save_upload(kind, subfolder, name, stream, overwrite)
     except PathRejected as exception:
         return error_response(400, "invalid_path", "The upload would leave its folder", str(exception))
     return jsonify({"name": stored, "subfolder": subfolder, "type": kind})

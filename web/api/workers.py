@@ -1,15 +1,22 @@
 """The operator's API for workers and dispatch: GET /api/workers, POST /api/workers/<name>/drain |
-lock | unlock, GET /api/dispatch, POST /api/dispatch/pause | resume (admin-only once keys exist)."""
+lock | unlock, GET /api/dispatch, POST /api/dispatch/pause | resume. Admins only: the workers serve
+every team, and what they run is other teams' work."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
 from farm.services import steering
+from web.auth import principal
 from web.context import BadJSON, farm, json_body
 from web.errors import error_response
 
 blueprint = Blueprint("workers", __name__)
+
+
+@blueprint.before_request
+def admins_only():
+    principal().require("admin", "the workers and dispatch API")
 
 
 def _running() -> dict:
@@ -42,16 +49,16 @@ def steer_worker(name: str, action: str):
     context = farm()
     try:
         if action == "drain":
-            steering.drain(context.database, name)
+            steering.drain(context.database, name, actor=principal())
         elif action == "lock":
             try:
                 body = json_body(default={})
             except BadJSON:
                 body = {}
             reason = body.get("reason") if isinstance(body, dict) else None
-            steering.lock(context.database, name, str(reason) if reason else None)
+            steering.lock(context.database, name, str(reason) if reason else None, actor=principal())
         elif action == "unlock":
-            steering.unlock(context.database, name)
+            steering.unlock(context.database, name, actor=principal())
             context.dispatch_soon()
         else:
             return error_response(404, "not_found", "Unknown worker action", f"{action}: use drain, lock or unlock")
@@ -70,7 +77,7 @@ def steer_dispatch(action: str):
     context = farm()
     if action not in ("pause", "resume"):
         return error_response(404, "not_found", "Unknown dispatch action", f"{action}: use pause or resume")
-    steering.pause_dispatch(context.database, action == "pause")
+    steering.pause_dispatch(context.database, action == "pause", actor=principal())
     if action == "resume":
         context.dispatch_soon()
     return jsonify({"paused": action == "pause"})

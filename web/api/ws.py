@@ -22,6 +22,7 @@ from flask_sock import Sock
 from farm.events import status_data
 from farm.services import history
 from web.api.system import feature_flags
+from web.auth import principal
 from web.context import farm
 from web.errors import error_response
 from web.outbox import text_frame
@@ -74,7 +75,7 @@ def websocket(ws):
     prompts, everything = subscription(request.args.get("subscribe", ""))
     hub, raw = relay(), ws.sock
     client = hub.new_client(sid, ws.event, sock=raw, kill=lambda: raw.shutdown(socket.SHUT_RDWR),
-                            prompts=set(prompts), everything=everything)
+                            prompts=set(prompts), everything=everything, team=principal().scope)
     try:
         # Every write, the connection's own pongs and close frames too, goes through the outbox: one order.
         ws.sock = _OrderedSocket(raw, client.outbox)

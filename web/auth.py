@@ -1,0 +1,90 @@
+"""API keys in front of every route: each request gets one principal (`principal()`), or a 401.
+
+`FARM_AUTH`: `on` needs a key on every request; `off` lets requests without one act as the
+local user (every right, the default team: ComfyUI's behaviour on one machine); `auto` (the
+default) is off when the farm listens on loopback only and on otherwise. A key is read from
+`Authorization: Bearer <key>`, `X-API-Key: <key>`, the password of HTTP Basic auth (for clients
+that only know user/password), or `?token=<key>` on the WebSocket (browsers cannot set headers
+there; elsewhere a query string ends up in logs, so it is not read). A key that is presented
+must be valid, whatever the mode: a client that sends one expects it to count.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from flask import g, request
+
+from farm.services.principal import LOCAL, Forbidden, Principal
+from farm.services.teams import KeyRing
+from web.errors import error_response
+
+WEBSOCKET_PATHS = ("/ws", "/api/ws")
+
+
+def auth_enabled(settings) -> bool:
+    return settings.auth_enabled
+
+
+def presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            _user, _, password = base64.b64decode(value.strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if password:
+            return password
+    if request.headers.get("X-API-Key"):
+        return request.headers["X-API-Key"].strip()
+    if request.path in WEBSOCKET_PATHS and request.args.get("token"):
+        return request.args["token"]
+    return None
+
+
+def principal() -> Principal:
+    """Who this request acts as (set by the guard before every route)."""
+    return g.get("farm_principal", LOCAL)
+
+
+def unauthorized(message: str):
+    response, status = error_response(401, "unauthorized", message,
+                                      "send an API key as 'Authorization: Bearer <key>', 'X-API-Key: <key>' or as "
+                                      "the password of HTTP Basic auth (?token=<key> on /ws)")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="comfy-farm", Basic realm="comfy-farm"'
+    return response, status
+
+
+def forbidden(exception: Forbidden):
+    return error_response(403, "forbidden", f"Forbidden: {exception}",
+                          f"this key's role does not allow {exception.action}")
+
+
+def register(app, settings, database) -> None:
+    """Install the guard; `database` holds the keys."""
+    enabled = auth_enabled(settings)
+    keys = KeyRing(database)
+    app.extensions["farm_auth"] = {"enabled": enabled, "keys": keys}
+
+    @app.before_request
+    def identify():
+        if request.method == "OPTIONS":
+            return None
+        secret = presented_key()
+        if secret is None:
+            if enabled:
+                return unauthorized("This farm needs an API key")
+            g.farm_principal = LOCAL
+            return None
+        found = keys.principal(secret)
+        if found is None:
+            return unauthorized("Unknown or revoked API key")
+        g.farm_principal = found
+        return None
+
+    @app.errorhandler(Forbidden)
+    def refuse(exception):
+        return forbidden(exception)
