@@ -77,6 +77,8 @@ class Settings:
     # API keys: "on" (every request needs one), "off" (none needed: the local user may do
     # everything, as in ComfyUI), "auto": off when listening on loopback only, on otherwise.
     auth: str = "auto"
+    # The most cells (prompts) one batch may hold.
+    max_batch_cells: int = 1_000_000
 
     @property
     def auth_enabled(self) -> bool:
@@ -159,6 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         preview_method=get("preview_method", "none"),
         web_sockets=number("web_sockets", int, 1000),
         auth=_auth_mode(get("auth", "auto")),
+        max_batch_cells=number("max_batch_cells", int, 1_000_000),
     )
 
 
@@ -260,4 +263,5 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env["FARM_PREVIEW_METHOD"] = settings.preview_method
     env["FARM_WEB_SOCKETS"] = str(settings.web_sockets)
     env["FARM_AUTH"] = settings.auth
+    env["FARM_MAX_BATCH_CELLS"] = str(settings.max_batch_cells)
     return env

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers",
-                  "teams", "ws")
+                  "teams", "batches", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:

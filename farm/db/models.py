@@ -46,6 +46,7 @@ class PromptState(str, enum.Enum):
     ERROR = "error"
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"    # removed from the queue before it ran
+    PAUSED = "paused"          # a cell of a paused batch: pending, but not dispatched until resumed
 
     @classmethod
     def finished(cls) -> tuple["PromptState", ...]:
@@ -95,11 +96,24 @@ class Prompt(Base):
     passed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # The team that submitted it (its key's team; "default" with auth off): what it is seen by.
     team: Mapped[str] = mapped_column(String(64), nullable=False, default="default", server_default="default")
+    # A batch's cell: the batch, the cell's index in it and its sweep values (None: a plain prompt).
+    batch_id: Mapped[str | None] = mapped_column(String(36))
+    cell_index: Mapped[int | None] = mapped_column(Integer)
+    cell_values: Mapped[dict | None] = mapped_column(JSONType)
+    # Its batch's priority (0-100, 50 for plain prompts): higher runs first within the team.
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=50, server_default="50")
+    # Worker tags it needs (its batch's); None: any worker.
+    tags: Mapped[list | None] = mapped_column(JSONType)
+    # The first key of the queue order: 0 for `front`, else 101 - priority (plain prompts 51), so
+    # one ascending index gives "front first, then higher priority, then ComfyUI's number order".
+    queue_rank: Mapped[int] = mapped_column(Integer, nullable=False, default=51, server_default="51")
 
     __table_args__ = (
-        # The queue order: pending prompts by number, then prompt_id (ComfyUI's heap order).
-        Index("ix_prompts_queue", "state", "number", "prompt_id"),
+        # The queue order: front, then priority (queue_rank), then number and prompt_id (ComfyUI's
+        # heap order; with no batches every prompt has rank 51 or 0, and this is ComfyUI's order).
+        Index("ix_prompts_queue", "state", "queue_rank", "number", "prompt_id"),
         Index("ix_prompts_team", "team", "state", "number"),
+        Index("ix_prompts_batch", "batch_id", "cell_index"),
         # History paging: finished prompts in completion order.
         Index("ix_prompts_history", "finished_at", "prompt_id"),
         Index("ix_prompts_worker", "worker", "state"),
@@ -214,3 +228,29 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64), nullable=False)
     target: Mapped[str] = mapped_column(Text, nullable=False)
     detail: Mapped[dict] = mapped_column(JSONType, nullable=False, default=dict)
+
+
+class Batch(Base):
+    """A studio batch: cells (prompts) made from one workflow and a sweep, or from a list of
+    workflows, with a priority, caps and required worker tags. Its state comes from its cells'."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    team: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=50, server_default="50")
+    paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")
+    cancelled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")
+    max_workers: Mapped[int | None] = mapped_column(Integer)
+    tags: Mapped[list] = mapped_column(JSONType, nullable=False, default=list, server_default="[]")
+    webhook: Mapped[str | None] = mapped_column(Text)
+    sweep: Mapped[dict] = mapped_column(JSONType, nullable=False)
+    cells: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(64), nullable=False, default="", server_default="")
+
+    __table_args__ = (
+        Index("ix_batches_team_created", "team", "created_at", "id"),
+        Index("ix_batches_created", "created_at", "id"),
+    )

@@ -1,14 +1,18 @@
 """The dispatcher: hands queued prompts, in SQL order, to idle workers that can run them.
 
 Invariants:
-- The order of pending prompts is `ORDER BY number, prompt_id` in SQL; the broker never holds a
+- The order of pending prompts is `ORDER BY queue_rank, number, prompt_id` in SQL (front first,
+  then batch priority, then ComfyUI's number order; without batches, exactly ComfyUI's order); a
+  paused batch's cells are `paused`, not queued, so no pass sees them. The broker never holds a
   backlog: a worker has at most one outstanding (dispatched or running) prompt. (A deeper
   per-worker queue would leave prompts waiting behind a long one where no other worker can take
   them, and an unclaimed one would look lost.)
 - A worker is offered only prompts it can run: every model file the prompt needs is in the
-  worker's report. Among those, `farm.queue.placement.choose` decides (retries elsewhere,
-  bounded checkpoint affinity). Draining and locked workers get nothing; nor does anyone while
-  dispatch is paused farm-wide.
+  worker's report, and every tag its batch requires is among the worker's tags. Among those,
+  `farm.queue.placement.choose` decides (retries elsewhere, bounded checkpoint affinity). A
+  batch with `max_workers` gets no more workers than that (its row is locked while one of its
+  cells is taken). Draining and locked workers get nothing; nor does anyone while dispatch is
+  paused farm-wide.
 - A pass serves every idle worker in one transaction. Each assignment first locks the worker's
   row (`FOR UPDATE` on PostgreSQL, in name order; `BEGIN IMMEDIATE` serializes writers on
   SQLite), re-checks that it is live, idle and steerable, then moves the chosen prompt
@@ -30,7 +34,7 @@ import logging
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 
 from farm.db.clock import ago, db_now
-from farm.db.models import Counter, ModelNeeds, Prompt, PromptState, Worker
+from farm.db.models import Batch, Counter, ModelNeeds, Prompt, PromptState, Worker
 from farm.queue import placement
 from farm.queue.sender import Assignment
 
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 PAUSED = "dispatch_paused"  # the counters row that pauses dispatch farm-wide when 1
 
 _prompts, _workers, _needs, _counters = Prompt.__table__, Worker.__table__, ModelNeeds.__table__, Counter.__table__
+_batches = Batch.__table__
 _ACTIVE = [state.value for state in PromptState.active()]
 _QUEUED = PromptState.QUEUED.value
 _LIVE = (_workers.c.session != "") & (_workers.c.last_seen >= ago("timeout"))
@@ -51,7 +56,8 @@ _PASS = select(
     exists().where(_prompts.c.state == _QUEUED),
     select(func.count(_needs.c.id)).scalar_subquery(),
 )
-_WORKERS = select(_workers.c.name, _workers.c.model_files, _workers.c.loaded_models, _busy.label("busy")).where(
+_WORKERS = select(_workers.c.name, _workers.c.model_files, _workers.c.tags, _workers.c.loaded_models,
+                  _busy.label("busy")).where(
     _STEERABLE).order_by(_workers.c.name)
 _ALL_NEEDS = select(_needs.c.id, _needs.c.files)
 # The worker's row, locked, if it is live and steerable, and whether it holds a prompt.
@@ -66,12 +72,26 @@ _LOCK_FOR_NEXT = (
            *_PASS.selected_columns)
     .where(_workers.c.name == bindparam("worker"), _STEERABLE).with_for_update(of=_workers)
 )
+# Batches with a `max_workers` cap that have that many cells dispatched or running: their cells
+# are not candidates (computed once per statement; only capped batches with active cells count).
+_active_cells = _prompts.alias("active_cells")
+_FULL_BATCHES = (
+    select(_active_cells.c.batch_id)
+    .join(_batches, _batches.c.id == _active_cells.c.batch_id)
+    .where(_active_cells.c.state.in_(_ACTIVE), _batches.c.max_workers.is_not(None))
+    .group_by(_active_cells.c.batch_id, _batches.c.max_workers)
+    .having(func.count() >= _batches.c.max_workers)
+)
 _CANDIDATES = (
     select(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front, _prompts.c.needs_id, _prompts.c.lost_on,
-           and_(_prompts.c.passed_at.is_not(None), _prompts.c.passed_at < ago("max_wait")).label("overdue"))
+           and_(_prompts.c.passed_at.is_not(None), _prompts.c.passed_at < ago("max_wait")).label("overdue"),
+           _prompts.c.batch_id,
+           select(_batches.c.max_workers).where(_batches.c.id == _prompts.c.batch_id).scalar_subquery()
+           .label("max_workers"))
     .where(_prompts.c.state == _QUEUED,
-           or_(_prompts.c.needs_id.is_(None), _prompts.c.needs_id.in_(bindparam("needs", expanding=True))))
-    .order_by(_prompts.c.number, _prompts.c.prompt_id)
+           or_(_prompts.c.needs_id.is_(None), _prompts.c.needs_id.in_(bindparam("needs", expanding=True))),
+           or_(_prompts.c.batch_id.is_(None), _prompts.c.batch_id.not_in(_FULL_BATCHES)))
+    .order_by(_prompts.c.queue_rank, _prompts.c.number, _prompts.c.prompt_id)
     .limit(bindparam("window"))
 )
 # The chosen prompt, if still queued and not being taken by another dispatcher right now: a row
@@ -96,6 +116,11 @@ _CLAIM_NEXT = (
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
                _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team)
 )
+# A capped batch's row, locked while one of its cells is taken (concurrent dispatchers count its
+# active cells one after the other), and that count.
+_LOCK_BATCH = select(_batches.c.id).where(_batches.c.id == bindparam("batch_id")).with_for_update()
+_ACTIVE_CELLS = select(func.count()).select_from(_prompts).where(
+    _prompts.c.batch_id == bindparam("batch_id"), _prompts.c.state.in_(_ACTIVE))
 _MARK_PASSED = (
     update(_prompts).where(_prompts.c.prompt_id.in_(bindparam("passed", expanding=True)),
                            _prompts.c.passed_at.is_(None))
@@ -181,7 +206,8 @@ class Dispatcher:
 
     def _live_workers(self, connection) -> list[_Worker]:
         """The steerable live workers, in name order."""
-        return [_Worker(row.name, placement.files_of(row.model_files), placement.loaded_checkpoints(row.loaded_models),
+        return [_Worker(row.name, placement.capabilities(row.model_files, row.tags),
+                        placement.loaded_checkpoints(row.loaded_models),
                         bool(row.busy))
                 for row in connection.execute(_WORKERS, {"timeout": self.settings.worker_timeout_seconds})]
 
@@ -204,11 +230,13 @@ class Dispatcher:
             if row is None or row[1]:
                 return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
         for _ in range(5):  # the candidates again: other dispatchers took or hold all we saw
+            rows = connection.execute(_CANDIDATES, params).all()
+            caps = {row.prompt_id: (row.batch_id, row.max_workers) for row in rows if row.max_workers is not None}
             candidates = [
                 placement.Candidate(row.prompt_id, row.attempt, bool(row.front),
                                     needs.get(row.needs_id, frozenset()) if row.needs_id else frozenset(),
                                     tuple(row.lost_on or ()), bool(row.overdue))
-                for row in connection.execute(_CANDIDATES, params)
+                for row in rows
             ]
             while candidates:
                 choice = placement.choose(candidates, worker.name, worker.loaded, self.settings.affinity_lookahead,
@@ -216,6 +244,9 @@ class Dispatcher:
                 if choice is None:
                     return None
                 chosen = candidates[choice.index]
+                if chosen.prompt_id in caps and not self._below_cap(connection, *caps[chosen.prompt_id]):
+                    candidates.remove(chosen)  # its batch reached max_workers meanwhile
+                    continue
                 taken = connection.execute(statement, {"p_id": chosen.prompt_id, "worker": worker.name}).first()
                 if taken is not None:
                     if choice.passed:
@@ -223,6 +254,12 @@ class Dispatcher:
                     return taken
                 candidates.remove(chosen)  # taken or held by another dispatcher: the next pick
         return None
+
+    @staticmethod
+    def _below_cap(connection, batch_id: str, max_workers: int) -> bool:
+        """Lock the batch (until this transaction ends) and check it runs fewer than its cap."""
+        connection.execute(_LOCK_BATCH, {"batch_id": batch_id})
+        return connection.execute(_ACTIVE_CELLS, {"batch_id": batch_id}).scalar() < max_workers
 
     def _undo(self, assignments: list[Assignment]) -> None:
         with self.database.write_connection() as connection:

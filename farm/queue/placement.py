@@ -39,6 +39,26 @@ def files_of(model_files: dict | None) -> frozenset[str]:
     return frozenset(f"{folder}/{path}" for folder, paths in (model_files or {}).items() for path in paths)
 
 
+# A worker's tags count as files of a folder no model lives in: a batch that requires tags needs
+# them as it needs its model files, so eligibility, its SQL filter and the waiting reasons are one
+# mechanism for both.
+TAGS_FOLDER = "tags"
+
+
+def tag_needs(tags) -> list[str]:
+    return [f"{TAGS_FOLDER}/{tag}" for tag in tags or ()]
+
+
+def capabilities(model_files: dict | None, tags=()) -> frozenset[str]:
+    """What a worker offers: its model files and its tags, as needs name them."""
+    return files_of(model_files) | frozenset(tag_needs(tags))
+
+
+def describe_need(need: str) -> str:
+    folder, _, name = need.partition("/")
+    return f"the tag {name!r}" if folder == TAGS_FOLDER else need
+
+
 def loaded_checkpoints(loaded_models: Iterable[dict] | None) -> frozenset[str]:
     """The checkpoint files among a worker's reported loaded models."""
     return frozenset(entry["file"] for entry in loaded_models or () if entry.get("file")

@@ -28,7 +28,7 @@ def queue(database, settings=None, team: str | None = None) -> dict:
         rows = session.execute(_team_filter(
             select(Prompt)
             .where(Prompt.state.in_([PromptState.QUEUED.value, *[s.value for s in PromptState.active()]]))
-            .order_by(Prompt.number, Prompt.prompt_id), team)
+            .order_by(Prompt.queue_rank, Prompt.number, Prompt.prompt_id), team)
         ).scalars().all()
     reasons = {} if settings is None else waiting_reasons(database, settings, rows)
     pending = []

@@ -14,7 +14,7 @@ from farm.services.submit import number_json
 from farm.services.waiting import waiting_reasons
 
 JOB_STATUSES = {
-    "pending": [PromptState.QUEUED.value],
+    "pending": [PromptState.QUEUED.value, PromptState.PAUSED.value],
     "in_progress": [s.value for s in PromptState.active()],
     "completed": [PromptState.SUCCESS.value],
     "failed": [PromptState.ERROR.value],

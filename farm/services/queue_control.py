@@ -15,7 +15,7 @@ _ACTIVE = [s.value for s in PromptState.active()]
 
 # One statement decides and changes: a prompt dispatched meanwhile is neither cancelled nor reported.
 _CANCEL = (
-    update(_table).where(_table.c.state == PromptState.QUEUED.value)
+    update(_table).where(_table.c.state.in_([PromptState.QUEUED.value, PromptState.PAUSED.value]))
     .values(state=PromptState.CANCELLED.value, finished_at=db_now()).returning(_table.c.prompt_id)
 )
 # Ids per statement: PostgreSQL takes at most 65,535 parameters, SQLite 32,766.
@@ -28,7 +28,8 @@ def _of_team(statement, team: str | None):
 
 
 def cancel_pending(database, prompt_ids: list[str] | None = None, team: str | None = None) -> list[str]:
-    """Take `team`'s queued prompts out of the queue (all of them when `prompt_ids` is None);
+    """Take `team`'s pending prompts (queued, or paused in a batch) out of the queue (all of them
+    when `prompt_ids` is None);
     return their ids. Another team's ids are left alone."""
     ids = None if prompt_ids is None else list(dict.fromkeys(str(i) for i in prompt_ids))
     cancelled: list[str] = []

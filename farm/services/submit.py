@@ -133,6 +133,7 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
         state=PromptState.QUEUED.value,
         attempt=0,
         team=principal.team,
+        queue_rank=0 if front else rank_of(DEFAULT_PRIORITY),
     )
     row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
     try:
@@ -154,6 +155,14 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
     farm.queue_changed()
     return SubmitAnswer(200, {"prompt_id": prompt_id, "number": number_json(row["number"]),
                               "node_errors": validation.node_errors})
+
+
+DEFAULT_PRIORITY = 50
+
+
+def rank_of(priority: int) -> int:
+    """The queue_rank of a prompt of this priority (0-100) that is not `front` (front is 0)."""
+    return 101 - priority
 
 
 def number_json(number: float) -> float | int:

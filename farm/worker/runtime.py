@@ -179,7 +179,8 @@ class WorkerRuntime:
             found = inventory(self.settings.models_dir)
             if found != self.info.model_files:
                 self.info.model_files = found
-                self._files = placement.files_of(found)  # what take_next matches, built once per change
+                # What take_next matches (model files and tags), built once per change.
+                self._files = placement.capabilities(found, self.settings.worker_tags)
 
     def _presumed_dead(self, database) -> None:
         """The heartbeat found this worker reaped: its running attempt was taken back (and may run

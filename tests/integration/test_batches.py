@@ -1,0 +1,58 @@
+"""A batch on a real farm: its cells run on workers, it pauses between cells and resumes, and its
+detail counts, times and lists what it made."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.integration.scheduler_farm import saving_prompt
+
+pytestmark = pytest.mark.integration
+
+
+def batch(farm, batch_id: str) -> dict:
+    return farm.http.get(f"{farm.url}/api/batches/{batch_id}", timeout=10).json()
+
+
+def wait_batch(farm, batch_id: str, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = batch(farm, batch_id)
+        if predicate(found):
+            return found
+        assert time.monotonic() < deadline, json.dumps(found)
+        time.sleep(0.1)
+
+
+def test_a_sweep_runs_pauses_between_cells_resumes_and_lists_its_images(farm):
+    farm.start_worker("render")
+    answer = farm.http.post(f"{farm.url}/api/batches", timeout=30, data=json.dumps({
+        "workflow": saving_prompt(300, 0x112233), "name": "colours",
+        "sweep": {"0.value": [8, 9, 10, 11, 12, 13]}}))  # the Sleep's value: no cell is served from cache
+    assert answer.status_code == 201, answer.text
+    batch_id = answer.json()["batch_id"]
+    wait_batch(farm, batch_id, lambda b: b["counts"].get("success", 0) >= 1)
+    paused = farm.http.post(f"{farm.url}/api/batches/{batch_id}/pause", timeout=10).json()
+    assert paused["state"] == "paused"
+    # The cell running at the pause finishes; nothing else starts.
+    settled = wait_batch(farm, batch_id, lambda b: not b["counts"].get("running") and not b["counts"].get(
+        "dispatched"))
+    time.sleep(1.0)
+    still = batch(farm, batch_id)
+    assert still["counts"] == settled["counts"] and still["counts"].get("paused", 0) >= 1
+    assert farm.http.post(f"{farm.url}/api/batches/{batch_id}/resume", timeout=10).json()["state"] in (
+        "running", "queued")
+    done = wait_batch(farm, batch_id, lambda b: b["state"] in ("done", "failed"))
+    assert done["state"] == "done" and done["counts"] == {"success": 6} and done["progress"] == 1.0
+    assert done["eta_seconds"] == 0.0
+    assert [item["cell"] for item in done["outputs"]] == [0, 1, 2, 3, 4, 5]
+    assert [item["values"] for item in done["outputs"]][:2] == [{"0.value": 8}, {"0.value": 9}]
+    image = done["outputs"][0]
+    view = farm.http.get(f"{farm.url}/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
+                                                       "type": image["type"]}, timeout=10)
+    assert view.status_code == 200 and view.content[:4] == b"\x89PNG"
+    cells = farm.http.get(f"{farm.url}/api/batches/{batch_id}/cells", timeout=10).json()["cells"]
+    assert all(cell["worker"] == "render" and cell["seconds"] >= 0.3 for cell in cells)
