@@ -79,6 +79,8 @@ class Settings:
     auth: str = "auto"
     # The most cells (prompts) one batch may hold.
     max_batch_cells: int = 1_000_000
+    # Times a batch cell that failed for a reason not its own (out of memory, timeout) runs again.
+    cell_retries: int = 3
 
     @property
     def auth_enabled(self) -> bool:
@@ -162,6 +164,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         web_sockets=number("web_sockets", int, 1000),
         auth=_auth_mode(get("auth", "auto")),
         max_batch_cells=number("max_batch_cells", int, 1_000_000),
+        cell_retries=number("cell_retries", int, 3),
     )
 
 
@@ -264,4 +267,5 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env["FARM_WEB_SOCKETS"] = str(settings.web_sockets)
     env["FARM_AUTH"] = settings.auth
     env["FARM_MAX_BATCH_CELLS"] = str(settings.max_batch_cells)
+    env["FARM_CELL_RETRIES"] = str(settings.cell_retries)
     return env

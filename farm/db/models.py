@@ -107,12 +107,15 @@ class Prompt(Base):
     # The first key of the queue order: 0 for `front`, else 101 - priority (plain prompts 51), so
     # one ascending index gives "front first, then higher priority, then ComfyUI's number order".
     queue_rank: Mapped[int] = mapped_column(Integer, nullable=False, default=51, server_default="51")
+    # A batch cell's retries after failures not of its own making (out of memory, timeout).
+    retries: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
     __table_args__ = (
         # The queue order: front, then priority (queue_rank), then number and prompt_id (ComfyUI's
         # heap order; with no batches every prompt has rank 51 or 0, and this is ComfyUI's order).
         Index("ix_prompts_queue", "state", "queue_rank", "number", "prompt_id"),
-        Index("ix_prompts_team", "team", "state", "number"),
+        # Each team's queue in order (fair share reads every team's first eligible prompt).
+        Index("ix_prompts_team", "team", "state", "queue_rank", "number", "prompt_id"),
         Index("ix_prompts_batch", "batch_id", "cell_index"),
         # History paging: finished prompts in completion order.
         Index("ix_prompts_history", "finished_at", "prompt_id"),
@@ -254,3 +257,15 @@ class Batch(Base):
         Index("ix_batches_team_created", "team", "created_at", "id"),
         Index("ix_batches_created", "created_at", "id"),
     )
+
+
+class BatchBlock(Base):
+    """A worker's failures on one batch's cells; at BLOCK_AFTER it takes none of them any more
+    (Flamenco's per-job blocklist), until an operator removes the entry."""
+
+    __tablename__ = "batch_blocks"
+
+    batch_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    blocked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")

@@ -3,7 +3,10 @@
 Invariants:
 - The order of pending prompts is `ORDER BY queue_rank, number, prompt_id` in SQL (front first,
   then batch priority, then ComfyUI's number order; without batches, exactly ComfyUI's order); a
-  paused batch's cells are `paused`, not queued, so no pass sees them. The broker never holds a
+  paused batch's cells are `paused`, not queued, so no pass sees them. With several teams (or a
+  team with caps), a free worker first picks the team by fair share (`farm.queue.fair_share`),
+  then the prompt in that order within the team; a team at its burst or max_running gets none
+  (its row is locked while its slots are counted). The broker never holds a
   backlog: a worker has at most one outstanding (dispatched or running) prompt. (A deeper
   per-worker queue would leave prompts waiting behind a long one where no other worker can take
   them, and an unclaimed one would look lost.)
@@ -34,8 +37,8 @@ import logging
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 
 from farm.db.clock import ago, db_now
-from farm.db.models import Batch, Counter, ModelNeeds, Prompt, PromptState, Worker
-from farm.queue import placement
+from farm.db.models import Batch, BatchBlock, Counter, ModelNeeds, Prompt, PromptState, Team, Worker
+from farm.queue import fair_share, placement
 from farm.queue.sender import Assignment
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 PAUSED = "dispatch_paused"  # the counters row that pauses dispatch farm-wide when 1
 
 _prompts, _workers, _needs, _counters = Prompt.__table__, Worker.__table__, ModelNeeds.__table__, Counter.__table__
-_batches = Batch.__table__
+_batches, _teams, _blocks = Batch.__table__, Team.__table__, BatchBlock.__table__
 _ACTIVE = [state.value for state in PromptState.active()]
 _QUEUED = PromptState.QUEUED.value
 _LIVE = (_workers.c.session != "") & (_workers.c.last_seen >= ago("timeout"))
@@ -82,18 +85,57 @@ _FULL_BATCHES = (
     .group_by(_active_cells.c.batch_id, _batches.c.max_workers)
     .having(func.count() >= _batches.c.max_workers)
 )
+
+# The batches this worker (`worker`) is blocked from after failing their cells.
+_BLOCKED = select(_blocks.c.batch_id).where(_blocks.c.worker == bindparam("worker"), _blocks.c.blocked.is_(True))
+
+
+def _eligible(table):
+    """Queued prompts of `table` (the prompts table or an alias) this worker may take: its model
+    files and tags hold the prompt's needs (`needs`: the eligible needs ids), its batch is below
+    max_workers and has not blocked this worker (`worker`)."""
+    return and_(table.c.state == _QUEUED,
+                or_(table.c.needs_id.is_(None), table.c.needs_id.in_(bindparam("needs", expanding=True))),
+                or_(table.c.batch_id.is_(None),
+                    and_(table.c.batch_id.not_in(_FULL_BATCHES), table.c.batch_id.not_in(_BLOCKED))))
+
+
 _CANDIDATES = (
     select(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.front, _prompts.c.needs_id, _prompts.c.lost_on,
            and_(_prompts.c.passed_at.is_not(None), _prompts.c.passed_at < ago("max_wait")).label("overdue"),
            _prompts.c.batch_id,
            select(_batches.c.max_workers).where(_batches.c.id == _prompts.c.batch_id).scalar_subquery()
            .label("max_workers"))
-    .where(_prompts.c.state == _QUEUED,
-           or_(_prompts.c.needs_id.is_(None), _prompts.c.needs_id.in_(bindparam("needs", expanding=True))),
-           or_(_prompts.c.batch_id.is_(None), _prompts.c.batch_id.not_in(_FULL_BATCHES)))
+    .where(_eligible(_prompts))
     .order_by(_prompts.c.queue_rank, _prompts.c.number, _prompts.c.prompt_id)
     .limit(bindparam("window"))
 )
+_TEAM_CANDIDATES = _CANDIDATES.where(_prompts.c.team == bindparam("team"))
+# Fair share's view of every team: slots in use, and when its first prompt this worker can run
+# was accepted (None: it has none). Each subquery walks one team's index entries only.
+_in_use, _heads = _prompts.alias("in_use"), _prompts.alias("heads")
+_TEAM_LOADS = select(
+    _teams.c.name,
+    select(func.count()).select_from(_in_use)
+    .where(_in_use.c.team == _teams.c.name, _in_use.c.state.in_(_ACTIVE)).scalar_subquery().label("in_use"),
+    select(_heads.c.created_at).where(_heads.c.team == _teams.c.name, _eligible(_heads))
+    .order_by(_heads.c.queue_rank, _heads.c.number, _heads.c.prompt_id).limit(1).scalar_subquery().label("head"),
+)
+_LOCK_TEAM = select(_teams.c.name).where(_teams.c.name == bindparam("team")).with_for_update()
+_TEAM_IN_USE = select(func.count()).select_from(_prompts).where(
+    _prompts.c.team == bindparam("team"), _prompts.c.state.in_(_ACTIVE))
+_TEAM_LIMITS = select(_teams.c.name, _teams.c.share, _teams.c.burst, _teams.c.max_running, _teams.c.max_queued)
+
+
+def team_book(database) -> fair_share.TeamBook:
+    """Every team's share and caps from `database`, cached (fair_share.TeamBook)."""
+
+    def read() -> dict[str, fair_share.TeamLimits]:
+        with database.engine.connect() as connection:
+            return {row.name: fair_share.TeamLimits(float(row.share), row.burst, row.max_running, row.max_queued)
+                    for row in connection.execute(_TEAM_LIMITS)}
+
+    return fair_share.TeamBook(read)
 # The chosen prompt, if still queued and not being taken by another dispatcher right now: a row
 # another transaction has locked is skipped (the pick moves on), never waited for, so workers
 # finishing together do not queue up behind one head-of-queue row.
@@ -114,7 +156,7 @@ _CLAIM_NEXT = (
     .values(state=PromptState.RUNNING.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
             dispatched_at=db_now(), started_at=db_now())
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
-               _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team)
+               _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team, _prompts.c.batch_id)
 )
 # A capped batch's row, locked while one of its cells is taken (concurrent dispatchers count its
 # active cells one after the other), and that count.
@@ -143,7 +185,7 @@ class _Worker:
 
 
 class Dispatcher:
-    def __init__(self, database, sender, settings):
+    def __init__(self, database, sender, settings, teams: fair_share.TeamBook | None = None):
         self.database = database
         self.sender = sender
         self.settings = settings
@@ -152,6 +194,7 @@ class Dispatcher:
         # changed in place: dispatch runs in several threads (a worker's prompt thread and its
         # reporter, a web process's trigger).
         self._needs: dict[int, frozenset[str]] = {}
+        self.teams = teams or team_book(database)
 
     def dispatch(self, only: str | None = None, loaded: frozenset[str] | None = None) -> list[Assignment]:
         """Give every idle worker (or just `only`, whose loaded checkpoints may be passed in as
@@ -180,7 +223,8 @@ class Dispatcher:
         """In the transaction that records a worker's last prompt, give that worker its next one,
         claimed at once (no broker round trip between two prompts of a busy worker). `files` and
         `loaded` are the worker's model files and loaded checkpoints as it knows them now. Returns
-        the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id, team), or
+        the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id, team,
+        batch_id), or
         None when the worker should take none now."""
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name}
         locked = connection.execute(_LOCK_FOR_NEXT, params).first()
@@ -215,22 +259,41 @@ class Dispatcher:
         """Move the prompt `worker` should take out of the queue with `statement` (to dispatched, or
         straight to running); the row it returns, or None. `live()` gives the live workers, asked
         only when a candidate was lost by this worker before. `locked`: the caller has locked and
-        checked the worker's row already."""
+        checked the worker's row already. With several teams (or caps), the teams are ranked by
+        fair share first and served in that order."""
         needs = self._needs
         eligible = [needs_id for needs_id, files in needs.items() if files <= worker.files]
-
-        def runs_elsewhere(candidate: placement.Candidate) -> bool:
-            return any(candidate.needs <= other.files and other.name not in candidate.lost_on
-                       for other in live() if other.name != worker.name)
-
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker.name, "needs": eligible,
                   "window": self.window, "max_wait": float(self.settings.affinity_max_wait_seconds)}
         if not locked:
             row = connection.execute(_LOCK_WORKER, params).first()
             if row is None or row[1]:
                 return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
+        if self.teams.trivial():
+            return self._pick(connection, worker, live, statement, _CANDIDATES, params)
+        limits = self.teams.teams()
+        loads = [fair_share.TeamLoad(row.name, limits.get(row.name, fair_share.TeamLimits()),
+                                     row.in_use, row.head)
+                 for row in connection.execute(_TEAM_LOADS, params)]
+        for load in fair_share.ranked(loads):
+            if load.limits.cap is not None and not self._team_below_cap(connection, load.name, load.limits.cap):
+                continue  # reached its cap meanwhile (another dispatcher)
+            taken = self._pick(connection, worker, live, statement, _TEAM_CANDIDATES, {**params, "team": load.name})
+            if taken is not None:
+                return taken
+        return None
+
+    def _pick(self, connection, worker: _Worker, live, statement, query, params):
+        """The candidate loop: read the first `window` eligible prompts of `query`, let placement
+        choose, take the choice (skipping rows other dispatchers hold)."""
+        needs = self._needs
+
+        def runs_elsewhere(candidate: placement.Candidate) -> bool:
+            return any(candidate.needs <= other.files and other.name not in candidate.lost_on
+                       for other in live() if other.name != worker.name)
+
         for _ in range(5):  # the candidates again: other dispatchers took or hold all we saw
-            rows = connection.execute(_CANDIDATES, params).all()
+            rows = connection.execute(query, params).all()
             caps = {row.prompt_id: (row.batch_id, row.max_workers) for row in rows if row.max_workers is not None}
             candidates = [
                 placement.Candidate(row.prompt_id, row.attempt, bool(row.front),
@@ -254,6 +317,12 @@ class Dispatcher:
                     return taken
                 candidates.remove(chosen)  # taken or held by another dispatcher: the next pick
         return None
+
+    @staticmethod
+    def _team_below_cap(connection, team: str, cap: int) -> bool:
+        """Lock the team (until this transaction ends) and check it holds fewer slots than `cap`."""
+        connection.execute(_LOCK_TEAM, {"team": team})
+        return connection.execute(_TEAM_IN_USE, {"team": team}).scalar() < cap
 
     @staticmethod
     def _below_cap(connection, batch_id: str, max_workers: int) -> bool:

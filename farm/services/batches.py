@@ -11,7 +11,10 @@ files a prompt needs (a checkpoint sweep), each cell is validated whole.
 
 Pausing moves a batch's queued cells to `paused` (the dispatcher never sees them; running cells
 finish); resuming puts them back at their place. Cancelling cancels queued and paused cells and
-interrupts running ones. Retrying puts failed, interrupted and cancelled cells back in the queue.
+interrupts running ones. Retrying puts failed, interrupted and cancelled cells back in the queue
+(their failure history starts over). Cells that fail for reasons not their own are retried by
+themselves (farm.services.cell_retries); a worker blocked from a batch is listed on it and can be
+let back (`unblock`).
 """
 
 from __future__ import annotations
@@ -20,17 +23,18 @@ import dataclasses
 import json
 import uuid
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
 from farm.db.clock import db_now
-from farm.db.models import Batch, Counter, Prompt, PromptState, Team
+from farm.db.models import Batch, BatchBlock, Counter, Prompt, PromptState, Team
 from farm.graph import errors
 from farm.graph.links import is_link
 from farm.graph.validation import validate_prompt
 from farm.queue.placement import tag_needs
 from farm.services import audit, queue_control
 from farm.services.principal import Principal
-from farm.services.submit import DEFAULT_PRIORITY, SENSITIVE_EXTRA_DATA, rank_of, request_hash
+from farm.services.submit import (DEFAULT_PRIORITY, SENSITIVE_EXTRA_DATA, over_queue_quota, rank_of,
+                                 request_hash)
 from farm.services.sweep import Sweep, SweepError, apply, parse_rows, parse_sweep
 
 STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
@@ -237,6 +241,9 @@ def create(farm, body, principal: Principal, rows_text: str | None = None, rows_
         for _ in cells:
             pass  # validates every cell
         return {"dry_run": True, "cells": count, "estimate": estimate(farm.database, principal.team, count)}
+    over = over_queue_quota(farm, principal.team, count)
+    if over is not None:
+        raise BatchError(over.status, over.body["error"])
     batch_id = str(uuid.uuid4())
     rows = []
     for index, cell in enumerate(cells):
@@ -395,7 +402,26 @@ def detail(database, principal: Principal, batch_id: str) -> dict:
     summary["sweep"] = batch.sweep
     summary["eta_seconds"] = eta(database, batch, counts)
     summary["outputs"] = outputs(database, batch.id)
+    with database.reading() as session:
+        summary["workers_failed"] = [
+            {"worker": row.worker, "failures": row.failures, "blocked": row.blocked}
+            for row in session.execute(select(BatchBlock).where(BatchBlock.batch_id == batch.id)
+                                       .order_by(BatchBlock.worker)).scalars()]
     return summary
+
+
+def unblock(farm, principal: Principal, batch_id: str, worker: str) -> dict:
+    """Let `worker` take `batch_id`'s cells again (its failure count starts over)."""
+    batch = _owned(farm.database, principal, batch_id)
+    with farm.database.write_connection() as connection:
+        removed = connection.execute(delete(BatchBlock.__table__).where(
+            BatchBlock.__table__.c.batch_id == batch.id, BatchBlock.__table__.c.worker == worker)).rowcount
+        if not removed:
+            raise BatchError(404, errors.error("not_found", "That worker has no failures on this batch", worker))
+        audit.record(connection, principal, "batch.unblock", f"batch:{batch.id}", {"worker": worker,
+                                                                                   "team": batch.team})
+    farm.dispatch_soon()
+    return detail(farm.database, principal, batch_id)
 
 
 def eta(database, batch: Batch, counts: dict[str, int]) -> float | None:
@@ -515,7 +541,7 @@ def _apply(connection, batch_id: str, action: str, priority: int | None) -> None
         connection.execute(update(_prompts).where(cells_of, _prompts.c.state.in_(_RETRYABLE)).values(
             state=PromptState.PAUSED.value if paused else PromptState.QUEUED.value, worker=None, attempt=0,
             dispatched_at=None, started_at=None, finished_at=None, outputs=None, messages=None,
-            execution_error=None, lost_on=None, passed_at=None))
+            execution_error=None, lost_on=None, passed_at=None, retries=0))
     else:
         connection.execute(update(batches).where(batches.c.id == batch_id).values(priority=priority))
         connection.execute(update(_prompts).where(cells_of).values(priority=priority, queue_rank=rank_of(priority)))

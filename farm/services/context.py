@@ -8,7 +8,8 @@ import time
 from farm.db.session import Database, make_database
 from farm.nodes.base import NodeEnvironment
 from farm.nodes.registry import NodeRegistry, default_registry, node_module_classes
-from farm.queue.dispatch import Dispatcher
+from farm.queue.dispatch import Dispatcher, team_book
+from farm.queue.fair_share import TeamBook
 from farm.services.submit import ModelNeedsIds
 from farm.storage import LocalStorage
 
@@ -26,6 +27,7 @@ class FarmContext:
     status: object | None = None  # farm.events.StatusPublisher in web processes with an event bus
     # The model_needs ids this process has met (submissions refer to them).
     needs_ids: ModelNeedsIds = dataclasses.field(default_factory=ModelNeedsIds)
+    teams: TeamBook | None = None  # every team's share and quotas, cached
 
     def node_env_for(self, team: str | None) -> NodeEnvironment:
         """The node environment `team`'s prompts are validated in: its own input files."""
@@ -98,9 +100,10 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
         storage=storage,
         node_env=NodeEnvironment(storage, settings.models_dir, models),
         control=control,
+        teams=team_book(database),
     )
     if sender is not None:
-        context.dispatcher = Dispatcher(database, sender, settings)
+        context.dispatcher = Dispatcher(database, sender, settings, context.teams)
         if background_dispatch:
             context.trigger = DispatchTrigger(context.dispatcher)
     return context

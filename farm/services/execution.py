@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from farm.db.clock import db_now
 from farm.db.models import Prompt, PromptState, Worker
+from farm.services import cell_retries as cell_retries_module
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ _LOCK = update(_workers).where(_workers.c.name == bindparam("p_worker"), _worker
     locked=True, lock_reason=bindparam("reason"))
 _CLAIMED_ROW = select(
     _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
-    _table.c.client_id, _table.c.team,
+    _table.c.client_id, _table.c.team, _table.c.batch_id,
 ).where(_table.c.prompt_id == bindparam("p_id"))
 
 
@@ -66,6 +67,7 @@ class ClaimedPrompt:
     outputs_to_execute: list
     client_id: str | None
     team: str = "default"
+    batch_id: str | None = None
 
 
 # A claim that meets a connection the database dropped (pooled connections in steady use are not
@@ -102,16 +104,36 @@ def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, ou
 def finish_then(database, claimed: ClaimedPrompt, worker: str, state: PromptState, outputs: dict,
                 messages: list, execution_error: dict | None, *, then: Callable | None = None,
                 timed_out: bool = False, lock_after: int = 0, give_up: Callable[[], bool] = lambda: False,
-                max_wait: float = 5.0) -> tuple[bool, ClaimedPrompt | None]:
+                max_wait: float = 5.0, cell_retries: int = 0) -> tuple[bool, ClaimedPrompt | None]:
     """`finish`, and when the end is recorded, `then(connection)` in the same transaction: the
-    dispatcher's `take_next`, whose row is returned as the worker's next ClaimedPrompt."""
+    dispatcher's `take_next`, whose row is returned as the worker's next ClaimedPrompt.
+
+    A batch cell that failed for a reason not its own (farm.services.cell_retries) is put back in
+    the queue instead, while it has `cell_retries` left: then nothing is recorded (False) and the
+    worker still takes its next prompt."""
     values = {
         **_owner(claimed.prompt_id, claimed.attempt, worker, PromptState.RUNNING),
         "new_state": state.value, "outputs": outputs, "messages": messages, "execution_error": execution_error,
     }
+    retry = bool(cell_retries and claimed.batch_id and state == PromptState.ERROR
+                 and cell_retries_module.retryable(execution_error))
 
     def write() -> tuple[bool, ClaimedPrompt | None]:
         with database.write_connection() as connection:
+            if retry:
+                requeued = cell_retries_module.requeue(connection, claimed.prompt_id, claimed.attempt, worker,
+                                                       cell_retries)
+                if requeued is None:
+                    return False, None  # stale
+                if cell_retries_module.count_failure(connection, claimed.batch_id, worker):
+                    log.warning("worker %s blocked from batch %s after %d failed cells", worker, claimed.batch_id,
+                                cell_retries_module.BLOCK_AFTER)
+                if requeued:
+                    connection.execute(_COUNT_FAILED, {"p_worker": worker})
+                    log.info("cell %s failed (%s); it runs again elsewhere", claimed.prompt_id,
+                             execution_error.get("exception_type"))
+                    following = then(connection) if then is not None else None
+                    return False, ClaimedPrompt(*following) if following is not None else None
             if not connection.execute(_FINISH, values).rowcount:
                 return False, None
             if not timed_out:
@@ -134,7 +156,7 @@ def finish_then(database, claimed: ClaimedPrompt, worker: str, state: PromptStat
         reraise=True,
     )
     recorded, following = retrying(write)
-    if not recorded:
+    if not recorded and not retry:
         log.warning("result of %s attempt %s refused: the prompt was taken back", claimed.prompt_id, claimed.attempt)
     return recorded, following
 

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from farm.db.clock import ago, db_now
 from farm.db.models import Prompt, PromptState, Worker
 from farm.graph.executor import now_ms
+from farm.services import cell_retries
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def take_back(session, settings, worker: Worker, held: list[Prompt], reason: str
     running = [row for row in held if row.state == PromptState.RUNNING.value]
     for row in running:
         row.lost_on = [*(row.lost_on or []), worker.name]
+        if row.batch_id is not None:  # a lost cell counts in the worker's failures on its batch
+            cell_retries.count_failure(session.connection(), row.batch_id, worker.name)
     for row in held:
         _requeue_or_fail(row, settings, reason, failed)
     if running:

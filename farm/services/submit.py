@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from farm.db.clock import db_now
@@ -117,6 +117,9 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
     validation = validate_prompt(body["prompt"], farm.registry, farm.node_env_for(principal.team), targets)
     if not validation.ok:
         return _refuse(validation.error, validation.node_errors)
+    over = over_queue_quota(farm, principal.team, 1)
+    if over is not None:
+        return over
 
     front = bool(body.get("front")) and given_number is None
     body_hash = request_hash(body)
@@ -158,6 +161,25 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
 
 
 DEFAULT_PRIORITY = 50
+_PENDING = [PromptState.QUEUED.value, PromptState.PAUSED.value]
+
+
+def over_queue_quota(farm, team: str, adding: int) -> SubmitAnswer | None:
+    """A 429 when `adding` more pending prompts would take `team` past its max_queued; else None.
+    (Checked at submission: submissions racing each other may pass it by a few.)"""
+    teams = getattr(farm, "teams", None)
+    limit = teams.limits(team).max_queued if teams is not None else None
+    if limit is None:
+        return None
+    with farm.database.reading() as session:
+        pending = session.scalar(select(func.count()).select_from(Prompt).where(
+            Prompt.team == team, Prompt.state.in_(_PENDING)))
+    if pending + adding <= limit:
+        return None
+    return SubmitAnswer(429, {"error": errors.error(
+        "queue_quota_exceeded", f"Team {team} may have at most {limit} prompts waiting",
+        f"{pending} are waiting; {adding} more would pass the team's max_queued",
+        {"team": team, "max_queued": limit, "pending": pending}), "node_errors": {}})
 
 
 def rank_of(priority: int) -> int:

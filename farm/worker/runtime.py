@@ -297,7 +297,8 @@ class WorkerRuntime:
 
         recorded, following = execution.finish_then(
             self.context.database, claimed, self.name, state, result.outputs, result.messages, result.error,
-            then=take_next, timed_out=timed_out, lock_after=self.settings.lock_after_failures)
+            then=take_next, timed_out=timed_out, lock_after=self.settings.lock_after_failures,
+            cell_retries=self.settings.cell_retries)
         if recorded:
             self.tell_end(claimed, held)
         return recorded, following

@@ -1,6 +1,6 @@
 """Studio batches over HTTP: POST /api/batches (JSON, or multipart with a rows file), GET /api/batches,
-GET /api/batches/<id>, GET /api/batches/<id>/cells, POST /api/batches/<id>/<action> and the bulk
-POST /api/batches/actions."""
+GET /api/batches/<id>, GET /api/batches/<id>/cells, POST /api/batches/<id>/<action>, the bulk
+POST /api/batches/actions, and DELETE /api/batches/<id>/blocklist/<worker>."""
 
 from __future__ import annotations
 
@@ -81,6 +81,11 @@ def get_cells(batch_id: str):
         raise batches.BatchError(400, {"type": "invalid_query", "message": "after and limit must be integers",
                                        "details": "", "extra_info": {}}) from None
     return jsonify(batches.cells(farm().database, principal(), batch_id, after, limit))
+
+
+@blueprint.delete("/api/batches/<batch_id>/blocklist/<worker>")
+def unblock_worker(batch_id: str, worker: str):
+    return jsonify(batches.unblock(farm(), principal(), batch_id, worker))
 
 
 @blueprint.post("/api/batches/actions")
