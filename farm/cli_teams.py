@@ -24,6 +24,8 @@ def add_commands(commands) -> None:
     change = team_actions.add_parser("set", help="change a team's share and limits")
     change.add_argument("name")
     _add_limits(change)
+    secret = team_actions.add_parser("secret", help="the secret the team's webhooks are signed with")
+    secret.add_argument("name")
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys (on the farm's database)")
     key_actions = keys.add_subparsers(dest="keys_command", required=True)
@@ -37,7 +39,7 @@ def add_commands(commands) -> None:
     key_listing.add_argument("--json", action="store_true")
     revoke = key_actions.add_parser("revoke", help="a key stops working (within seconds on every web process)")
     revoke.add_argument("key", help="the key's id or its prefix (cfk_...)")
-    for parser in (create, listing, change, create_key, key_listing, revoke):
+    for parser in (create, listing, change, secret, create_key, key_listing, revoke):
         parser.add_argument("--data-dir", help="data folder (for the default SQLite database); FARM_DATA_DIR")
 
 
@@ -47,6 +49,12 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queued", type=_limit, help="queued prompts beyond which submissions get 429")
     parser.add_argument("--max-running", type=_limit, help="prompts it may run at once")
     parser.add_argument("--max-priority", type=int, help="priorities above this need an operator key (default 50)")
+    parser.add_argument("--webhook", type=_webhook, help="post every prompt and batch event of the team here "
+                                                          "('none': stop)")
+
+
+def _webhook(text: str) -> str | None:
+    return None if text.lower() in ("none", "-", "") else text
 
 
 def _limit(text: str) -> int | None:
@@ -63,7 +71,7 @@ def _limits(args) -> dict:
     for name in ("share", "max_priority"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
-    for name in ("burst", "max_queued", "max_running"):
+    for name in ("burst", "max_queued", "max_running", "webhook"):
         # argparse gives None both for "not given" and for "none": tell them apart from argv.
         flag = "--" + name.replace("_", "-")
         if any(arg == flag or arg.startswith(flag + "=") for arg in args.argv):
@@ -82,12 +90,14 @@ def run(args, settings) -> int:
             if args.teams_command == "create":
                 team = teams.create_team(database, args.name, teams.TeamLimits(**_limits(args)), actor)
                 print(f"team {team['name']} created (share {team['share']:g})")
+            elif args.teams_command == "secret":
+                print(teams.webhook_secret(database, args.name))
             elif args.teams_command == "set":
                 team = teams.update_team(database, args.name, _limits(args), actor)
                 print(f"team {team['name']}: " + ", ".join(f"{k} {team[k]}" for k in teams.LIMIT_FIELDS))
             else:
                 found = teams.list_teams(database)
-                print(json.dumps(found, indent=2) if args.json else _table(found, ("name", *teams.LIMIT_FIELDS)))
+                print(json.dumps(found, indent=2) if args.json else _table(found, ("name", *teams.LIMIT_FIELDS, "webhook")))
         elif args.keys_command == "create":
             secret, key = teams.create_key(database, args.team, args.role, args.label, actor)
             print(f"key {key['id']} ({key['prefix']}...) for team {key['team']}, role {key['role']}; "

@@ -1,7 +1,7 @@
 """The database's clock in SQL: liveness and timeouts are judged by one clock, not each host's.
 
 `db_now()` is the current UTC time on the database server; `seconds_ago(s)` is that time minus
-`s` seconds (a bound parameter). Both compare with the UTCDateTime columns: a timestamp with time
+`s` seconds (a bound parameter), `seconds_from_now(s)` plus. Both compare with the UTCDateTime columns: a timestamp with time
 zone on PostgreSQL, and on SQLite the same text layout SQLAlchemy writes ("YYYY-MM-DD
 HH:MM:SS.ffffff", UTC), so text comparison orders them correctly.
 """
@@ -54,6 +54,30 @@ def _ago_postgresql(element, compiler, **kw):
 @compiles(seconds_ago, "sqlite")
 def _ago_sqlite(element, compiler, **kw):
     return _SQLITE_NOW.format(shift=f", '-' || ({compiler.process(element.clauses, **kw)}) || ' seconds'")
+
+
+class seconds_from_now(FunctionElement):
+    """The database's now plus a number of seconds given as the only argument."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(seconds_from_now, "postgresql")
+def _later_postgresql(element, compiler, **kw):
+    return f"(statement_timestamp() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(seconds_from_now, "sqlite")
+def _later_sqlite(element, compiler, **kw):
+    return _SQLITE_NOW.format(shift=f", '+' || ({compiler.process(element.clauses, **kw)}) || ' seconds'")
+
+
+def later(seconds: float):
+    """`seconds_from_now` of a float value."""
+    from sqlalchemy import Float
+
+    return seconds_from_now(bindparam(None, seconds, type_=Float))
 
 
 def ago(name: str):

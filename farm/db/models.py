@@ -117,6 +117,7 @@ class Prompt(Base):
         # Each team's queue in order (fair share reads every team's first eligible prompt).
         Index("ix_prompts_team", "team", "state", "queue_rank", "number", "prompt_id"),
         Index("ix_prompts_batch", "batch_id", "cell_index"),
+        Index("ix_prompts_batch_state", "batch_id", "state"),
         # History paging: finished prompts in completion order.
         Index("ix_prompts_history", "finished_at", "prompt_id"),
         Index("ix_prompts_worker", "worker", "state"),
@@ -200,6 +201,10 @@ class Team(Base):
     max_running: Mapped[int | None] = mapped_column(Integer)
     # Priorities above this (and `front`) need the operator role.
     max_priority: Mapped[int] = mapped_column(Integer, nullable=False, default=50, server_default="50")
+    # Where every one of the team's prompt and batch events is posted (None: nowhere), and the
+    # secret all its webhooks are signed with ("whsec_" + base64, the Standard Webhooks form).
+    webhook: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str] = mapped_column(String(64), nullable=False, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
@@ -252,6 +257,8 @@ class Batch(Base):
     cells: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     created_by: Mapped[str] = mapped_column(String(64), nullable=False, default="", server_default="")
+    # When batch.completed was queued for its webhooks (None: not yet, or reopened by a retry).
+    notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_batches_team_created", "team", "created_at", "id"),
@@ -269,3 +276,29 @@ class BatchBlock(Base):
     worker: Mapped[str] = mapped_column(String(255), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     blocked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")
+
+
+class WebhookDelivery(Base):
+    """One webhook message (the outbox): written in the transaction of what it tells, then posted
+    at least once, with exponential backoff, until the receiver answers 2xx or it is given up."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # webhook-id: the receiver's idempotency key
+    team: Mapped[str] = mapped_column(String(64), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    payload: Mapped[dict] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    next_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_status: Mapped[str | None] = mapped_column(Text)  # the last answer: an HTTP status or the error
+    last_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    batch_id: Mapped[str | None] = mapped_column(String(36))
+    prompt_id: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_at"),
+        Index("ix_webhook_deliveries_batch", "batch_id"),
+    )

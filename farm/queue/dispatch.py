@@ -124,7 +124,8 @@ _TEAM_LOADS = select(
 _LOCK_TEAM = select(_teams.c.name).where(_teams.c.name == bindparam("team")).with_for_update()
 _TEAM_IN_USE = select(func.count()).select_from(_prompts).where(
     _prompts.c.team == bindparam("team"), _prompts.c.state.in_(_ACTIVE))
-_TEAM_LIMITS = select(_teams.c.name, _teams.c.share, _teams.c.burst, _teams.c.max_running, _teams.c.max_queued)
+_TEAM_LIMITS = select(_teams.c.name, _teams.c.share, _teams.c.burst, _teams.c.max_running, _teams.c.max_queued,
+                      _teams.c.webhook)
 
 
 def team_book(database) -> fair_share.TeamBook:
@@ -132,7 +133,8 @@ def team_book(database) -> fair_share.TeamBook:
 
     def read() -> dict[str, fair_share.TeamLimits]:
         with database.engine.connect() as connection:
-            return {row.name: fair_share.TeamLimits(float(row.share), row.burst, row.max_running, row.max_queued)
+            return {row.name: fair_share.TeamLimits(float(row.share), row.burst, row.max_running, row.max_queued,
+                                                    row.webhook)
                     for row in connection.execute(_TEAM_LIMITS)}
 
     return fair_share.TeamBook(read)

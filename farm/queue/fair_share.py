@@ -26,6 +26,7 @@ class TeamLimits:
     burst: int | None = None
     max_running: int | None = None
     max_queued: int | None = None  # checked at submission (429 beyond it), not by dispatch
+    webhook: str | None = None  # not a limit: the team's webhook URL, cached with the rest
 
     @property
     def cap(self) -> int | None:

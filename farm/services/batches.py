@@ -31,7 +31,7 @@ from farm.graph import errors
 from farm.graph.links import is_link
 from farm.graph.validation import validate_prompt
 from farm.queue.placement import tag_needs
-from farm.services import audit, queue_control
+from farm.services import audit, queue_control, webhooks
 from farm.services.principal import Principal
 from farm.services.submit import (DEFAULT_PRIORITY, SENSITIVE_EXTRA_DATA, over_queue_quota, rank_of,
                                  request_hash)
@@ -407,6 +407,7 @@ def detail(database, principal: Principal, batch_id: str) -> dict:
             {"worker": row.worker, "failures": row.failures, "blocked": row.blocked}
             for row in session.execute(select(BatchBlock).where(BatchBlock.batch_id == batch.id)
                                        .order_by(BatchBlock.worker)).scalars()]
+    summary["webhooks"] = webhooks.deliveries_of(database, batch.id)
     return summary
 
 
@@ -537,7 +538,7 @@ def _apply(connection, batch_id: str, action: str, priority: int | None) -> None
                            .values(state=PromptState.CANCELLED.value, finished_at=db_now()))
     elif action == "retry":
         paused = connection.execute(select(batches.c.paused).where(batches.c.id == batch_id)).scalar()
-        connection.execute(update(batches).where(batches.c.id == batch_id).values(cancelled=False))
+        connection.execute(update(batches).where(batches.c.id == batch_id).values(cancelled=False, notified_at=None))
         connection.execute(update(_prompts).where(cells_of, _prompts.c.state.in_(_RETRYABLE)).values(
             state=PromptState.PAUSED.value if paused else PromptState.QUEUED.value, worker=None, attempt=0,
             dispatched_at=None, started_at=None, finished_at=None, outputs=None, messages=None,

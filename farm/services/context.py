@@ -56,7 +56,8 @@ class FarmContext:
 
     def start_reaping(self) -> None:
         """Reap lost workers' prompts from this process too (web processes: a farm whose workers
-        are all gone still ends their prompts). Call after forking; the thread is a daemon."""
+        are all gone still ends their prompts), and deliver webhooks. Call after forking; the
+        threads are daemons."""
         import threading
 
         from farm.services.history import queue_remaining
@@ -72,6 +73,9 @@ class FarmContext:
                 reaper.run_once()
 
         threading.Thread(target=loop, name="farm-reaper", daemon=True).start()
+        from farm.services.webhooks import WebhookLoop
+
+        WebhookLoop(self.database).start()  # batch.completed notices and every webhook delivery
 
     def dispatch_soon(self) -> None:
         if self.trigger is not None:

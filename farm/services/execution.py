@@ -104,13 +104,15 @@ def finish(database, claimed: ClaimedPrompt, worker: str, state: PromptState, ou
 def finish_then(database, claimed: ClaimedPrompt, worker: str, state: PromptState, outputs: dict,
                 messages: list, execution_error: dict | None, *, then: Callable | None = None,
                 timed_out: bool = False, lock_after: int = 0, give_up: Callable[[], bool] = lambda: False,
-                max_wait: float = 5.0, cell_retries: int = 0) -> tuple[bool, ClaimedPrompt | None]:
+                max_wait: float = 5.0, cell_retries: int = 0,
+                notify: Callable | None = None) -> tuple[bool, ClaimedPrompt | None]:
     """`finish`, and when the end is recorded, `then(connection)` in the same transaction: the
     dispatcher's `take_next`, whose row is returned as the worker's next ClaimedPrompt.
 
     A batch cell that failed for a reason not its own (farm.services.cell_retries) is put back in
     the queue instead, while it has `cell_retries` left: then nothing is recorded (False) and the
-    worker still takes its next prompt."""
+    worker still takes its next prompt. `notify(connection)` runs once the end is recorded, in the
+    same transaction (the webhook outbox)."""
     values = {
         **_owner(claimed.prompt_id, claimed.attempt, worker, PromptState.RUNNING),
         "new_state": state.value, "outputs": outputs, "messages": messages, "execution_error": execution_error,
@@ -144,6 +146,8 @@ def finish_then(database, claimed: ClaimedPrompt, worker: str, state: PromptStat
                     reason = f"lost or timed out {streak} prompts in a row; locked until an operator unlocks it"
                     connection.execute(_LOCK, {"p_worker": worker, "reason": reason})
                     log.error("worker %s locked: %s", worker, reason)
+            if notify is not None:
+                notify(connection)
             following = then(connection) if then is not None else None
             return True, ClaimedPrompt(*following) if following is not None else None
 

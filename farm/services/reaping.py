@@ -27,7 +27,7 @@ from sqlalchemy import select
 from farm.db.clock import ago, db_now
 from farm.db.models import Prompt, PromptState, Worker
 from farm.graph.executor import now_ms
-from farm.services import cell_retries
+from farm.services import cell_retries, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,15 @@ def _requeue_or_fail(row: Prompt, settings, reason: str, failed: list[LostPrompt
     row.messages = [["execution_error", error]]
     row.execution_error = error
     failed.append(LostPrompt(row.prompt_id, row.client_id, error, row.team))
+    webhooks.PromptHooks().prompt_ended(session_connection(row), row.prompt_id, row.team, row.batch_id,
+                                        row.extra_data, row.state, {}, error)
+
+
+def session_connection(row: Prompt):
+    """The connection of the session `row` belongs to (the reap's transaction)."""
+    from sqlalchemy.orm import object_session
+
+    return object_session(row).connection()
 
 
 def announce_lost(bus, failed: list[LostPrompt], count_queue, status: bool = False) -> None:

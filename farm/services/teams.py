@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from farm.db.clock import db_now
 from farm.db.models import ApiKey, Team
-from farm.services import audit
+from farm.services import audit, webhooks
 from farm.services.principal import ROLES, Principal
 
 KEY_PREFIX = "cfk_"
@@ -41,6 +41,7 @@ class TeamLimits:
     max_queued: int | None = None
     max_running: int | None = None
     max_priority: int = 50
+    webhook: str | None = None  # every prompt and batch event of the team is posted here
 
 
 def key_hash(secret: str) -> str:
@@ -56,11 +57,13 @@ def _check_limits(limits: TeamLimits) -> None:
             raise TeamError(f"{name} must be 0 or more, or unset for no limit")
     if not 0 <= limits.max_priority <= 100:
         raise TeamError("max_priority must be within 0-100")
+    if limits.webhook is not None and not str(limits.webhook).startswith(("http://", "https://")):
+        raise TeamError(f"webhook must be an http(s) URL, got {limits.webhook!r}")
 
 
 def team_dict(row: Team) -> dict:
     return {"name": row.name, "share": row.share, "burst": row.burst, "max_queued": row.max_queued,
-            "max_running": row.max_running, "max_priority": row.max_priority,
+            "max_running": row.max_running, "max_priority": row.max_priority, "webhook": row.webhook,
             "created_at": row.created_at.isoformat() if row.created_at else None}
 
 
@@ -71,7 +74,8 @@ def create_team(database, name: str, limits: TeamLimits, actor: Principal) -> di
     _check_limits(limits)
     try:
         with database.write() as session:
-            row = Team(name=name, created_at=db_now(), **dataclasses.asdict(limits))
+            row = Team(name=name, created_at=db_now(), webhook_secret=webhooks.new_secret(),
+                       **dataclasses.asdict(limits))
             session.add(row)
             session.flush()
             audit.record(session.connection(), actor, "team.create", f"team:{name}", dataclasses.asdict(limits))
@@ -96,6 +100,15 @@ def update_team(database, name: str, changes: dict, actor: Principal) -> dict:
             setattr(row, field, value)
         audit.record(session.connection(), actor, "team.update", f"team:{name}", changes)
         return team_dict(row)
+
+
+def webhook_secret(database, name: str) -> str:
+    """The secret `name`'s webhooks are signed with (for its receivers to verify them)."""
+    with database.reading() as session:
+        row = session.get(Team, name)
+    if row is None:
+        raise TeamError(f"no team {name!r}")
+    return row.webhook_secret
 
 
 def list_teams(database) -> list[dict]:

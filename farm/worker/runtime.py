@@ -40,6 +40,7 @@ from farm.queue.celery_app import worker_queue_name
 from farm.queue.sender import CelerySender
 from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
+from farm.services.webhooks import PromptHooks
 from farm.worker.device import device_report
 from farm.worker.liveness import Heartbeat, Reporter
 from farm.worker.watchdog import Watchdog
@@ -64,6 +65,7 @@ class WorkerRuntime:
             models=self.models, cache=self.execution_cache, on_out_of_memory=self._free_everything,
         )
         self.bus = EventBus(settings.events_url, worker=name)
+        self.hooks = PromptHooks(self.context.teams)  # who wants each prompt's end (webhook outbox)
         self.executor.preview_method = settings.preview_method
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
@@ -298,7 +300,10 @@ class WorkerRuntime:
         recorded, following = execution.finish_then(
             self.context.database, claimed, self.name, state, result.outputs, result.messages, result.error,
             then=take_next, timed_out=timed_out, lock_after=self.settings.lock_after_failures,
-            cell_retries=self.settings.cell_retries)
+            cell_retries=self.settings.cell_retries,
+            notify=lambda connection: self.hooks.prompt_ended(
+                connection, claimed.prompt_id, claimed.team, claimed.batch_id, claimed.extra_data, state.value,
+                result.outputs, result.error))
         if recorded:
             self.tell_end(claimed, held)
         return recorded, following

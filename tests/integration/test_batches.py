@@ -56,3 +56,33 @@ def test_a_sweep_runs_pauses_between_cells_resumes_and_lists_its_images(farm):
     assert view.status_code == 200 and view.content[:4] == b"\x89PNG"
     cells = farm.http.get(f"{farm.url}/api/batches/{batch_id}/cells", timeout=10).json()["cells"]
     assert all(cell["worker"] == "render" and cell["seconds"] >= 0.3 for cell in cells)
+
+
+def test_a_batch_webhook_is_posted_signed_by_the_farm_itself(farm):
+    import subprocess
+    import sys
+
+    from tests.webhook_receiver import Receiver, verified
+
+    receiver = Receiver(statuses=[500])  # the first post fails: the farm tries again
+    try:
+        farm.start_worker("render")
+        answer = farm.http.post(f"{farm.url}/api/batches", timeout=30, data=json.dumps({
+            "workflow": saving_prompt(10, 0x445566), "sweep": {"0.value": [8, 9, 10]},
+            "webhook": receiver.url("/shots")}))
+        assert answer.status_code == 201, answer.text
+        batch_id = answer.json()["batch_id"]
+        deadline = time.monotonic() + 60
+        while [kind for kind, _ in receiver.events()].count("batch.completed") < 1 \
+                or len({post["headers"]["webhook-id"] for post in receiver.posts}) < 4:
+            assert time.monotonic() < deadline, receiver.events()
+            time.sleep(0.1)
+        secret = subprocess.run([sys.executable, "-m", "farm.cli", "teams", "secret", "default"], env=farm.env,
+                                capture_output=True, text=True, timeout=60).stdout.strip()
+        assert all(verified(post, secret) for post in receiver.posts)
+        kinds = sorted(kind for kind, _ in receiver.events())
+        assert kinds.count("prompt.completed") >= 3 and kinds.count("batch.completed") == 1
+        shown = wait_batch(farm, batch_id, lambda b: all(w["status"] == "delivered" for w in b["webhooks"]))
+        assert len(shown["webhooks"]) == 4
+    finally:
+        receiver.close()

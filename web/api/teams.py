@@ -1,5 +1,5 @@
-"""Teams, keys and the audit log over HTTP: GET /api/me; /api/teams, /api/keys, /api/audit (admins;
-others see their own team only)."""
+"""Teams, keys and the audit log over HTTP: GET /api/me; /api/teams (and a team's webhook secret),
+/api/keys, /api/audit (admins; others see their own team only)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def _object_body() -> dict:
 def _limits(body: dict) -> dict:
     """The team settings in `body`, typed; ValueError names a bad one."""
     values = {}
+    if "webhook" in body:
+        if body["webhook"] is not None and not isinstance(body["webhook"], str):
+            raise ValueError("webhook must be an http(s) URL or null")
+        values["webhook"] = body["webhook"] or None
     for name, cast in TEAM_FIELDS.items():
         if name in body:
             value = body[name]
@@ -71,13 +75,22 @@ def update_team(name: str):
     who = principal()
     who.require("admin", "changing a team's share and limits")
     body = _object_body()
-    unknown = set(body) - set(TEAM_FIELDS)
+    unknown = set(body) - set(TEAM_FIELDS) - {"webhook"}
     if unknown:
         return _refused(ValueError(f"unknown team settings: {sorted(unknown)}"))
     try:
         return jsonify(teams.update_team(farm().database, name, _limits(body), who))
     except (ValueError, teams.TeamError) as exception:
         return _refused(exception)
+
+
+@blueprint.get("/api/teams/<name>/webhook-secret")
+def team_webhook_secret(name: str):
+    principal().require("admin", "reading a team's webhook secret")
+    try:
+        return jsonify({"team": name, "secret": teams.webhook_secret(farm().database, name)})
+    except teams.TeamError as exception:
+        return error_response(404, "not_found", str(exception))
 
 
 @blueprint.get("/api/keys")
