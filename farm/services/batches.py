@@ -387,7 +387,8 @@ def list_batches(database, principal: Principal, *, team: str | None = None, sta
     return {"batches": page, "next": page[-1]["id"] if more else None}
 
 
-def _owned(database, principal: Principal, batch_id: str) -> Batch:
+def owned(database, principal: Principal, batch_id: str) -> Batch:
+    """The batch, if `principal` may see it; else BatchError 404 (another team's is not found)."""
     with database.reading() as session:
         batch = session.get(Batch, batch_id)
     if batch is None or not principal.sees(batch.team):
@@ -396,7 +397,7 @@ def _owned(database, principal: Principal, batch_id: str) -> Batch:
 
 
 def detail(database, principal: Principal, batch_id: str) -> dict:
-    batch = _owned(database, principal, batch_id)
+    batch = owned(database, principal, batch_id)
     counts = _counts(database, [batch.id])[batch.id]
     summary = _summary(batch, counts)
     summary["sweep"] = batch.sweep
@@ -413,7 +414,7 @@ def detail(database, principal: Principal, batch_id: str) -> dict:
 
 def unblock(farm, principal: Principal, batch_id: str, worker: str) -> dict:
     """Let `worker` take `batch_id`'s cells again (its failure count starts over)."""
-    batch = _owned(farm.database, principal, batch_id)
+    batch = owned(farm.database, principal, batch_id)
     with farm.database.write_connection() as connection:
         removed = connection.execute(delete(BatchBlock.__table__).where(
             BatchBlock.__table__.c.batch_id == batch.id, BatchBlock.__table__.c.worker == worker)).rowcount
@@ -469,7 +470,7 @@ def outputs(database, batch_id: str, limit: int = 1000) -> list[dict]:
 
 def cells(database, principal: Principal, batch_id: str, after: int = -1, limit: int = 100) -> dict:
     """The batch's cells in index order, keyset-paged by index."""
-    _owned(database, principal, batch_id)
+    owned(database, principal, batch_id)
     limit = max(1, min(int(limit), MAX_PAGE))
     duration = _duration_seconds(database)
     with database.reading() as session:
@@ -497,7 +498,7 @@ def act(farm, principal: Principal, batch_ids: list[str], action: str, priority:
         raise BatchError(404, errors.error("not_found", "Unknown batch action", f"{action}: use {', '.join(ACTIONS)}"))
     if not batch_ids or not all(isinstance(i, str) for i in batch_ids):
         raise _invalid("give the ids of the batches to act on")
-    batches = [_owned(farm.database, principal, batch_id) for batch_id in dict.fromkeys(batch_ids)]
+    batches = [owned(farm.database, principal, batch_id) for batch_id in dict.fromkeys(batch_ids)]
     if action == "priority":
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
             raise _invalid(f"priority must be a whole number within 0-100, got {priority!r}")

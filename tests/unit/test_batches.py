@@ -201,6 +201,9 @@ def test_batches_belong_to_their_team(settings, sender):
         batch_id = post_batch(client, {"workflow": invert_workflow()}, a).get_json()["batch_id"]
         assert client.get("/api/batches", headers=b).get_json()["batches"] == []
         assert client.get(f"/api/batches/{batch_id}", headers=b).status_code == 404
+        assert client.get(f"/api/batches/{batch_id}/outputs.zip", headers=b).status_code == 404
+        assert client.get(f"/api/batches/{batch_id}/sheet.png", headers=b).status_code == 404
+        assert client.get(f"/api/batches/{batch_id}/cells", headers=b).status_code == 404
         assert client.post(f"/api/batches/{batch_id}/cancel", headers=b).status_code == 404
         assert client.post("/api/batches/actions", data=json.dumps({"action": "cancel", "ids": [batch_id]}),
                            headers=b).status_code == 404
@@ -292,3 +295,61 @@ def test_paused_cells_are_pending_jobs_that_say_why_and_can_be_cancelled_one_by_
     assert job["status"] == "pending" and job["waiting_for"] == "its batch is paused"
     assert client.post(f"/api/jobs/{first}/cancel").get_json() == {"cancelled": True}
     assert client.get(f"/api/batches/{body['batch_id']}").get_json()["counts"] == {"cancelled": 1, "paused": 1}
+
+
+# downloads --------------------------------------------------------------------------------------
+def _done_with_images(context, batch_id: str, colors: dict[int, tuple]) -> None:
+    """Cells of `batch_id` whose index is in `colors` succeed with one image of that color."""
+    from PIL import Image
+
+    output = context.storage.for_team("default").root("output")
+    for cell in cells_of(context, batch_id):
+        if cell.cell_index not in colors:
+            continue
+        name = f"cell{cell.cell_index}.png"
+        Image.new("RGB", (64, 64), colors[cell.cell_index]).save(output / name)
+        set_state(context, [cell.prompt_id], PromptState.SUCCESS.value, outputs={
+            "3": {"images": [{"filename": name, "subfolder": "", "type": "output"}]}})
+
+
+def test_outputs_zip_streams_every_file_with_a_manifest(client, context):
+    import csv
+    import zipfile
+
+    batch_id = post_batch(client, {"workflow": invert_workflow(), "sweep": {"1.width": [8, 9, 10]}}).get_json()[
+        "batch_id"]
+    _done_with_images(context, batch_id, {0: (255, 0, 0), 2: (0, 0, 255)})
+    answer = client.get(f"/api/batches/{batch_id}/outputs.zip")
+    assert answer.status_code == 200 and answer.mimetype == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(answer.get_data()))
+    assert archive.namelist() == ["cell-00000/cell0.png", "cell-00002/cell2.png", "cells.csv"]
+    assert archive.read("cell-00000/cell0.png")[:4] == b"\x89PNG"
+    manifest = list(csv.DictReader(io.StringIO(archive.read("cells.csv").decode())))
+    assert [(row["cell"], row["state"], json.loads(row["values"])) for row in manifest] == [
+        ("0", "success", {"1.width": 8}), ("1", "queued", {"1.width": 9}), ("2", "success", {"1.width": 10})]
+
+
+def test_the_contact_sheet_lays_a_two_axis_sweep_out_as_a_labelled_grid(client, context):
+    from PIL import Image
+
+    from farm.services.batch_files import HEADER, LABEL_HEIGHT, TILE
+
+    batch_id = post_batch(client, {"workflow": invert_workflow(),
+                                   "sweep": {"1.color": [1, 2], "1.width": {"range": [8, 10]}}}).get_json()["batch_id"]
+    _done_with_images(context, batch_id, {0: (255, 0, 0), 4: (0, 255, 0)})
+    answer = client.get(f"/api/batches/{batch_id}/sheet.png")
+    assert answer.status_code == 200 and answer.mimetype == "image/png"
+    sheet = Image.open(io.BytesIO(answer.get_data())).convert("RGB")
+    left = 180
+    assert sheet.size == (left + 3 * TILE, HEADER + 2 * (TILE + LABEL_HEIGHT))  # widths across, colors down
+
+    def centre(column, row):
+        return sheet.getpixel((left + column * TILE + TILE // 2, HEADER + row * (TILE + LABEL_HEIGHT) + TILE // 2))
+
+    assert centre(0, 0) == (255, 0, 0)  # cell 0: color 1, width 8
+    assert centre(1, 1) == (0, 255, 0)  # cell 4: color 2, width 9
+    assert centre(2, 0) != (255, 255, 255) and centre(2, 0)[0] < 240  # not run yet: a grey tile
+    # Any other batch: a square-ish grid of captioned tiles.
+    listed = post_batch(client, {"workflows": [invert_workflow(), invert_workflow(), invert_workflow()]}).get_json()
+    other = Image.open(io.BytesIO(client.get(f"/api/batches/{listed['batch_id']}/sheet.png").get_data()))
+    assert other.size == (2 * TILE, 2 * (TILE + LABEL_HEIGHT))

@@ -1,14 +1,15 @@
 """Studio batches over HTTP: POST /api/batches (JSON, or multipart with a rows file), GET /api/batches,
 GET /api/batches/<id>, GET /api/batches/<id>/cells, POST /api/batches/<id>/<action>, the bulk
-POST /api/batches/actions, and DELETE /api/batches/<id>/blocklist/<worker>."""
+POST /api/batches/actions, DELETE /api/batches/<id>/blocklist/<worker>, and the downloads
+GET /api/batches/<id>/outputs.zip and /sheet.png."""
 
 from __future__ import annotations
 
 import json
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from farm.services import batches
+from farm.services import batch_files, batches
 from web.auth import principal
 from web.context import BadJSON, farm, json_body
 
@@ -81,6 +82,28 @@ def get_cells(batch_id: str):
         raise batches.BatchError(400, {"type": "invalid_query", "message": "after and limit must be integers",
                                        "details": "", "extra_info": {}}) from None
     return jsonify(batches.cells(farm().database, principal(), batch_id, after, limit))
+
+
+@blueprint.get("/api/batches/<batch_id>/outputs.zip")
+def outputs_zip(batch_id: str):
+    batch = batches.owned(farm().database, principal(), batch_id)
+    stream = batch_files.zip_stream(farm().database, farm().storage.for_team(batch.team), batch.id)
+    response = Response(stream_with_context(stream), mimetype="application/zip")
+    response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id[:8]}.zip"'
+    return response
+
+
+@blueprint.get("/api/batches/<batch_id>/sheet.png")
+def contact_sheet(batch_id: str):
+    batch = batches.owned(farm().database, principal(), batch_id)
+    try:
+        limit = max(1, min(int(request.args.get("limit", 400)), batch_files.MAX_SHEET_CELLS))
+    except ValueError:
+        raise batches.BatchError(400, {"type": "invalid_query", "message": "limit must be an integer",
+                                       "details": "", "extra_info": {}}) from None
+    png = batch_files.contact_sheet(farm().database, farm().storage.for_team(batch.team), batch.id, batch.sweep,
+                                    limit)
+    return Response(png, mimetype="image/png", headers={"Content-Disposition": f'inline; filename="sheet-{batch.id[:8]}.png"'})
 
 
 @blueprint.delete("/api/batches/<batch_id>/blocklist/<worker>")
