@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_previews(worker)
     _add_verbose(worker)
 
-    from farm import cli_ops, cli_teams
+    from farm import cli_batch, cli_ops, cli_teams
 
     cli_ops.add_commands(commands)
     cli_teams.add_commands(commands)
+    cli_batch.add_commands(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from farm import cli_ops
 
         return cli_ops.run(args, settings)
+    if args.command in ("submit", "batch"):
+        from farm import cli_batch
+
+        return cli_batch.run(args, settings)
     if args.command in ("teams", "keys"):
         from farm import cli_teams
 

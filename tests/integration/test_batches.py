@@ -86,3 +86,43 @@ def test_a_batch_webhook_is_posted_signed_by_the_farm_itself(farm):
         assert len(shown["webhooks"]) == 4
     finally:
         receiver.close()
+
+
+def test_farm_submit_follows_a_sweep_with_progress_then_downloads_it(farm, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args, expect=0):
+        done = subprocess.run([sys.executable, "-m", "farm.cli", *args, "--url", farm.url], capture_output=True,
+                              text=True, timeout=120, env={**farm.env, "COLUMNS": "100"})
+        assert done.returncode == expect, done.stdout + done.stderr
+        return done
+
+    farm.start_worker("render")
+    workflow = tmp_path / "workflow_api.json"
+    workflow.write_text(json.dumps(saving_prompt(50, 0x778899)))
+    prompts = tmp_path / "values.txt"
+    prompts.write_text("8\n9\n")
+    dry = cli("submit", str(workflow), "--sweep", "0.value=8..10", "--dry-run")
+    assert dry.stdout.strip().startswith("valid: 3 cells")
+    done = cli("submit", str(workflow), "--sweep", "0.value=@" + str(prompts), "--sweep", "1.color=1,2",
+               "--name", "cli sweep", "--download", str(tmp_path / "out"))
+    batch_id = done.stdout.strip()
+    assert f"batch {batch_id}: 4 cells queued" in done.stderr
+    assert f"batch {batch_id}: done (4 success)" in done.stderr
+    assert "cells" in done.stderr  # the progress bar's line
+    images = sorted(path.relative_to(tmp_path / "out").parts[0] for path in (tmp_path / "out").rglob("*.png"))
+    assert images == ["cell-00000", "cell-00001", "cell-00002", "cell-00003"]
+    assert (tmp_path / "out" / "cells.csv").read_text().count("\n") == 5
+
+    listing = cli("batch", "ls")
+    assert listing.stdout.splitlines()[0].split()[:4] == ["ID", "NAME", "TEAM", "STATE"]
+    assert batch_id in listing.stdout and "done" in listing.stdout
+    assert "4 cells, 100% done" in cli("batch", "show", batch_id).stdout
+    assert cli("batch", "priority", batch_id, "--to", "70").stdout.strip() == f"{batch_id}: done (priority 70)"
+
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
+    assert "Export (API)" in cli("submit", str(ui), expect=2).stderr
+    bad = cli("submit", str(workflow), "--sweep", "0.ms=-5,9", expect=2)
+    assert "Cell 0" in bad.stderr and "node 0 (Sleep)" in bad.stderr
