@@ -18,6 +18,12 @@ def record(connection, actor: Principal, action: str, target: str, detail: dict 
                                  "action": action, "target": target, "detail": detail or {}})
 
 
+def record_alone(database, actor: Principal, action: str, target: str, detail: dict | None = None) -> None:
+    """`record` in a transaction of its own (for actions whose change was committed already)."""
+    with database.write_connection() as connection:
+        record(connection, actor, action, target, detail)
+
+
 def entries(database, *, before: int | None = None, limit: int = 100, action: str | None = None,
             team: str | None = None) -> dict:
     """Newest first, keyset-paged by id: {"entries": [...], "next": id to pass as `before`, or None}."""

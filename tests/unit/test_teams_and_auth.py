@@ -352,3 +352,35 @@ def test_the_cli_creates_teams_and_keys_on_the_database(monkeypatch, database_ur
         assert all(actor.startswith("cli:") for actor in actors)
     finally:
         database.dispose()
+
+
+def test_a_plain_comfyui_client_works_with_its_key_as_basic_auth(farm):
+    """A client that only knows user/password (ComfyUI's own frontend behind a proxy, scripts
+    using requests' auth=(user, password)) drives the whole API with the key as the password."""
+    client, context, keys = farm
+    basic = {"Authorization": "Basic " + base64.b64encode(f"artist:{keys['a']}".encode()).decode()}
+    answer = client.post("/prompt", data=json.dumps({"prompt": invert_workflow(), "client_id": "c1"}), headers=basic)
+    assert answer.status_code == 200
+    prompt_id = answer.get_json()["prompt_id"]
+    assert [item[1] for item in client.get("/queue", headers=basic).get_json()["queue_pending"]] == [prompt_id]
+    assert client.get("/prompt", headers=basic).get_json()["exec_info"]["queue_remaining"] == 1
+    assert "SaveImage" in client.get("/object_info", headers=basic).get_json()
+    finish_with_output(context, prompt_id, "a", "mine.png")
+    entry = client.get(f"/history/{prompt_id}", headers=basic).get_json()[prompt_id]
+    image = entry["outputs"]["3"]["images"][0]
+    assert client.get(f"/view?filename={image['filename']}&type=output", headers=basic).status_code == 200
+    assert client.get("/system_stats", headers=basic).status_code == 200
+
+
+def test_cancels_interrupts_and_deletions_are_audited(farm):
+    client, context, keys = farm
+    a = bearer(keys["a"])
+    queued, other = submit(client, keys["a"]), submit(client, keys["a"])
+    client.post("/queue", data=json.dumps({"delete": [queued]}), headers=a)
+    client.post(f"/api/jobs/{other}/cancel", headers=a)
+    client.post("/queue", data=json.dumps({"clear": True}), headers=a)  # nothing left: nothing recorded
+    client.post("/history", data=json.dumps({"delete": [queued]}), headers=a)
+    log = client.get("/api/audit", headers=bearer(keys["admin"])).get_json()["entries"]
+    mine = [(entry["action"], entry["actor"]) for entry in log if entry["actor_team"] == "a"]
+    assert mine == [("history.delete", keys["a"][:12]), ("prompt.cancel", keys["a"][:12]),
+                    ("queue.delete", keys["a"][:12])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from farm.services import queue_control
+from farm.services import audit, queue_control
 from web.auth import principal
 from web.context import BadJSON, farm, json_body
 from web.errors import error_response
@@ -30,18 +30,28 @@ def _object_body() -> dict:
 
 
 def _clear_or_delete(what: str, clear, delete):
-    """POST /queue and POST /history: {"clear": true} and/or {"delete": [ids]}, empty 200."""
+    """POST /queue and POST /history: {"clear": true} and/or {"delete": [ids]}, empty 200. What was
+    changed is recorded in the audit log (a team's prompts are every member's work)."""
     body = _object_body()
     try:
         to_delete = _id_list(body, "delete")
     except ValueError as exception:
         return error_response(400, "invalid_request", f"Invalid {what} request", str(exception))
-    database, team = farm().database, principal().scope
+    database, who = farm().database, principal()
     if body.get("clear"):
-        clear(database, team=team)
+        changed = clear(database, team=who.scope)
+        if changed:
+            audit.record_alone(database, who, f"{what}.clear", f"team:{who.scope or 'all'}", {"count": _count(changed)})
     if to_delete:
-        delete(database, to_delete, team=team)
+        changed = delete(database, to_delete, team=who.scope)
+        if changed:
+            audit.record_alone(database, who, f"{what}.delete", f"team:{who.scope or 'all'}",
+                               {"prompt_ids": to_delete[:100], "count": _count(changed)})
     return "", 200
+
+
+def _count(changed) -> int:
+    return changed if isinstance(changed, int) else len(changed)
 
 
 @blueprint.post("/queue")
@@ -58,7 +68,11 @@ def post_interrupt():
     except BadJSON:
         body = {}  # ComfyUI treats a missing or broken body as "interrupt everything"
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-    queue_control.interrupt(farm(), str(prompt_id) if prompt_id else None, team=principal().scope)
+    who = principal()
+    interrupted = queue_control.interrupt(farm(), str(prompt_id) if prompt_id else None, team=who.scope)
+    if interrupted:
+        audit.record_alone(farm().database, who, "prompt.interrupt", f"team:{who.scope or 'all'}",
+                           {"prompt_ids": interrupted[:100]})
     return "", 200
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from farm.services import jobs
+from farm.services import audit, jobs
 from web.auth import principal
 from web.context import BadJSON, farm, json_body
 
@@ -30,9 +30,18 @@ def get_job(job_id: str):
     return jsonify(job) if job is not None else _error("Job not found", 404)
 
 
+def _cancel(job_ids: list[str]):
+    who = principal()
+    cancelled = jobs.cancel(farm(), job_ids, team=who.scope)
+    if cancelled:
+        audit.record_alone(farm().database, who, "prompt.cancel", f"team:{who.scope or 'all'}",
+                           {"prompt_ids": job_ids[:100]})
+    return jsonify({"cancelled": cancelled})
+
+
 @blueprint.post("/api/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    return jsonify({"cancelled": jobs.cancel(farm(), [job_id], team=principal().scope)})
+    return _cancel([job_id])
 
 
 @blueprint.post("/api/jobs/cancel")
@@ -47,4 +56,4 @@ def cancel_jobs():
     invalid = [job_id for job_id in job_ids if not jobs.is_job_id(job_id)]
     if invalid:
         return _error("Invalid job ids", invalid_ids=invalid)
-    return jsonify({"cancelled": jobs.cancel(farm(), job_ids, team=principal().scope)})
+    return _cancel(job_ids)
