@@ -492,13 +492,18 @@ def cells(database, principal: Principal, batch_id: str, after: int = -1, limit:
 
 
 # actions ----------------------------------------------------------------------------------------
-def act(farm, principal: Principal, batch_ids: list[str], action: str, priority: int | None = None) -> list[dict]:
-    """`action` on each batch (all must be the principal's to see); their summaries after it."""
+def act(farm, principal: Principal, batch_ids: list[str], action: str, priority: int | None = None,
+        cells: list[int] | None = None) -> list[dict]:
+    """`action` on each batch (all must be the principal's to see); their summaries after it.
+    `cells`: for retry, only these cell indices (one batch)."""
     if action not in ACTIONS:
         raise BatchError(404, errors.error("not_found", "Unknown batch action", f"{action}: use {', '.join(ACTIONS)}"))
     if not batch_ids or not all(isinstance(i, str) for i in batch_ids):
         raise _invalid("give the ids of the batches to act on")
     batches = [owned(farm.database, principal, batch_id) for batch_id in dict.fromkeys(batch_ids)]
+    if cells is not None and (action != "retry" or len(batches) != 1 or not isinstance(cells, list)
+                              or not all(isinstance(i, int) and not isinstance(i, bool) for i in cells)):
+        raise _invalid("cells (a list of cell indices) goes with retry on one batch")
     if action == "priority":
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
             raise _invalid(f"priority must be a whole number within 0-100, got {priority!r}")
@@ -508,9 +513,10 @@ def act(farm, principal: Principal, batch_ids: list[str], action: str, priority:
                 principal.require("operator", f"priority {priority} (team {team} allows {limit})")
     with farm.database.write_connection() as connection:
         for batch in batches:
-            _apply(connection, batch.id, action, priority)
+            _apply(connection, batch.id, action, priority, cells)
             audit.record(connection, principal, f"batch.{action}", f"batch:{batch.id}",
-                         {"team": batch.team, **({"priority": priority} if action == "priority" else {})})
+                         {"team": batch.team, **({"priority": priority} if action == "priority" else {}),
+                          **({"cells": cells[:100]} if cells is not None else {})})
     if action == "cancel":
         for batch in batches:
             for prompt_id in _running_cells(farm.database, batch.id):
@@ -523,7 +529,7 @@ def act(farm, principal: Principal, batch_ids: list[str], action: str, priority:
     return [_summary(batch, counts[batch.id]) for batch in fresh]
 
 
-def _apply(connection, batch_id: str, action: str, priority: int | None) -> None:
+def _apply(connection, batch_id: str, action: str, priority: int | None, cells: list[int] | None = None) -> None:
     batches, cells_of = Batch.__table__, _prompts.c.batch_id == batch_id
     if action == "pause":
         connection.execute(update(batches).where(batches.c.id == batch_id).values(paused=True))
@@ -540,7 +546,8 @@ def _apply(connection, batch_id: str, action: str, priority: int | None) -> None
     elif action == "retry":
         paused = connection.execute(select(batches.c.paused).where(batches.c.id == batch_id)).scalar()
         connection.execute(update(batches).where(batches.c.id == batch_id).values(cancelled=False, notified_at=None))
-        connection.execute(update(_prompts).where(cells_of, _prompts.c.state.in_(_RETRYABLE)).values(
+        chosen = cells_of if cells is None else and_(cells_of, _prompts.c.cell_index.in_(cells))
+        connection.execute(update(_prompts).where(chosen, _prompts.c.state.in_(_RETRYABLE)).values(
             state=PromptState.PAUSED.value if paused else PromptState.QUEUED.value, worker=None, attempt=0,
             dispatched_at=None, started_at=None, finished_at=None, outputs=None, messages=None,
             execution_error=None, lost_on=None, passed_at=None, retries=0))

@@ -79,6 +79,10 @@ def test_one_invalid_cell_refuses_the_whole_batch_naming_it(client, context):
     assert body["error"]["extra_info"]["cell"] == 2 and body["error"]["extra_info"]["values"] == {"1.width": -4}
     assert "Cell 2" in body["error"]["message"]
     assert body["node_errors"]["1"]["errors"][0]["type"] == "value_smaller_than_min"
+    # A value of the wrong type.
+    answer = post_batch(client, {"workflow": invert_workflow(), "sweep": {"1.width": [8, "wide"]}})
+    assert answer.status_code == 400 and answer.get_json()["error"]["extra_info"]["cell"] == 1
+    assert answer.get_json()["node_errors"]["1"]["errors"][0]["type"] == "invalid_input_type"
     # Ranges are checked at their ends.
     answer = post_batch(client, {"workflow": invert_workflow(), "sweep": {"1.width": {"range": [0, 64]}}})
     assert answer.status_code == 400 and answer.get_json()["error"]["extra_info"]["cell"] == 0
@@ -150,12 +154,17 @@ def test_pause_resume_cancel_retry_and_priority(client, context):
     set_state(context, cells[1:2], PromptState.ERROR.value)
     cancelled = client.post(f"/api/batches/{batch_id}/cancel").get_json()
     assert cancelled["state"] == "cancelled" and cancelled["counts"] == {"running": 1, "error": 1, "cancelled": 2}
+    one = client.post(f"/api/batches/{batch_id}/retry", data=json.dumps({"cells": [1]})).get_json()
+    assert one["counts"] == {"running": 1, "queued": 1, "cancelled": 2}  # that cell only
+    assert client.post(f"/api/batches/{batch_id}/pause", data=json.dumps({"cells": [1]})).status_code == 200
+    client.post(f"/api/batches/{batch_id}/resume")
     retried = client.post(f"/api/batches/{batch_id}/retry").get_json()
     assert retried["counts"] == {"running": 1, "queued": 3} and retried["state"] == "running"
     assert client.post(f"/api/batches/{batch_id}/explode").status_code == 404
     with context.database.reading() as session:
         actions = list(session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)))
-    assert actions == ["batch.pause", "batch.resume", "batch.priority", "batch.cancel", "batch.retry"]
+    assert actions == ["batch.pause", "batch.resume", "batch.priority", "batch.cancel", "batch.retry",
+                       "batch.pause", "batch.resume", "batch.retry"]
 
 
 def test_bulk_actions_apply_to_every_listed_batch(client, context):

@@ -123,6 +123,6 @@ def bulk_action():
 
 @blueprint.post("/api/batches/<batch_id>/<action>")
 def batch_action(batch_id: str, action: str):
-    body = json_body(default={}) if action == "priority" else {}
-    priority = body.get("priority") if isinstance(body, dict) else None
-    return jsonify(batches.act(farm(), principal(), [batch_id], action, priority)[0])
+    body = json_body(default={}) if action in ("priority", "retry") else {}
+    body = body if isinstance(body, dict) else {}
+    return jsonify(batches.act(farm(), principal(), [batch_id], action, body.get("priority"), body.get("cells"))[0])
