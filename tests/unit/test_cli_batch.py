@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from farm.cli_batch import CliError, load_workflow, parse_sweep_arg
+from farm.cli_batch import CliError
+from farm.cli_submit import load_workflow, parse_sweep_arg
 
 
 @pytest.mark.parametrize(("text", "expected"), [

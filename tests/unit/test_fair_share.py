@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from farm.db.models import Prompt, PromptState
 from farm.queue.fair_share import TeamLimits, TeamLoad, ranked
-from farm.services import batches, teams, workers
+from farm.services import batch_submit, batches, teams, workers
 from farm.services.principal import LOCAL, Principal
 from farm.services.submit import submit_prompt
 from tests.workflows import invert_workflow
@@ -59,7 +59,7 @@ def start_workers(context, count: int) -> list[str]:
 
 def batch_of(context, team: str, cells: int) -> list[str]:
     body = {"workflow": invert_workflow(), "sweep": {"1.width": {"range": [8, 8 + cells - 1]}}}
-    return batches.create(context, body, Principal(team, "submit", f"key-{team}"))["prompt_ids"]
+    return batch_submit.create(context, body, Principal(team, "submit", f"key-{team}"))["prompt_ids"]
 
 
 def running(context) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import json
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from farm.services import batch_files, batches
+from farm.services import batch_files, batch_submit, batches
 from web.auth import principal
 from web.context import BadJSON, farm, json_body
 
@@ -53,7 +53,7 @@ def create_batch():
             rows_filename = (upload.filename or "").lower()
     else:
         body = json_body()
-    answer = batches.create(farm(), body, principal(), rows_text, rows_filename)
+    answer = batch_submit.create(farm(), body, principal(), rows_text, rows_filename)
     return jsonify(answer), 200 if answer.get("dry_run") else 201
 
 
