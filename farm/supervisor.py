@@ -86,7 +86,9 @@ class Farm:
         print(format_summary(self.settings, names, devices, REGISTER_TIMEOUT_SECONDS), flush=True)
 
     def _wait_ready(self, timeout: float = 120) -> None:
-        url = f"http://{self.settings.host}:{self.settings.port}/system_stats"
+        # /readyz: answers without a key whatever the auth mode, and only once the web can serve.
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "", "::") else self.settings.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{self.settings.port}/readyz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.web.poll() is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers",
-                  "teams", "batches", "ws")
+                  "teams", "batches", "health", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:

@@ -69,9 +69,11 @@ def register(app, settings, database) -> None:
     keys = KeyRing(database)
     app.extensions["farm_auth"] = {"enabled": enabled, "keys": keys}
 
+    from web.api.health import PUBLIC_PATHS
+
     @app.before_request
     def identify():
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
             return None
         secret = presented_key()
         if secret is None:

@@ -18,6 +18,15 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def at_head(connection) -> bool:
+    """Whether the database `connection` reaches has every migration applied (and no unknown one)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config("")).get_heads())
+    return set(MigrationContext.configure(connection).get_current_heads()) == heads
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.integration.farm_process import children_of, farm_up, start_farm_up, wait_history
+from tests.integration.farm_process import children_of, farm_env, farm_up, start_farm_up, wait_history
 from tests.services import fresh_postgres_database, service_url
 from tests.workflows import invert_workflow
 
@@ -175,3 +175,26 @@ def test_a_model_copied_into_a_running_farm_up_is_accepted_at_once_by_every_web_
             entry = wait_history(farm.url, prompt_id, timeout=30)
             assert entry["status"]["status_str"] == "success" and entry["outputs"]["1"]["text"] == ["new.safetensors"]
         assert "new.safetensors" in session.get(f"{farm.url}/models/checkpoints", timeout=5).json()
+
+
+def test_farm_up_reachable_from_the_network_turns_keys_on_and_still_starts(tmp_path):
+    """On 0.0.0.0 auth is on (FARM_AUTH=auto): the API answers 401 without a key, yet farm up waits on
+    /readyz (no key needed) and prints its summary."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    farm = start_farm_up(data, ("--cpu", "--host", "0.0.0.0"))
+    try:
+        farm.wait_stdout("  auth:", timeout=120)
+        assert "  auth:    on (FARM_AUTH=auto, listening on 0.0.0.0): requests need an API key" in farm.stdout()
+        assert requests.get(f"{farm.url}/queue", timeout=5).status_code == 401
+        assert requests.get(f"{farm.url}/healthz", timeout=5).json() == {"status": "ok"}
+        ready = requests.get(f"{farm.url}/readyz", timeout=5).json()
+        assert ready == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+        made = subprocess.run([sys.executable, "-m", "farm.cli", "keys", "create", "--team", "default"],
+                              env={**os.environ, **farm_env(data)}, capture_output=True, text=True, timeout=60)
+        key = made.stdout.strip()
+        assert requests.get(f"{farm.url}/queue", headers={"X-API-Key": key}, timeout=5).status_code == 200
+    finally:
+        assert farm.stop() == 0, farm.output()
