@@ -81,6 +81,9 @@ class Settings:
     max_batch_cells: int = 1_000_000
     # Times a batch cell that failed for a reason not its own (out of memory, timeout) runs again.
     cell_retries: int = 3
+    # A worker serves its Prometheus metrics on this port plus its GPU index (0: off), on this address.
+    worker_metrics_port: int = 0
+    worker_metrics_addr: str = "127.0.0.1"
 
     @property
     def auth_enabled(self) -> bool:
@@ -165,6 +168,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         auth=_auth_mode(get("auth", "auto")),
         max_batch_cells=number("max_batch_cells", int, 1_000_000),
         cell_retries=number("cell_retries", int, 3),
+        worker_metrics_port=number("worker_metrics_port", int, 0),
+        worker_metrics_addr=get("worker_metrics_addr", "127.0.0.1"),
     )
 
 
@@ -268,4 +273,6 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env["FARM_AUTH"] = settings.auth
     env["FARM_MAX_BATCH_CELLS"] = str(settings.max_batch_cells)
     env["FARM_CELL_RETRIES"] = str(settings.cell_retries)
+    env["FARM_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port)
+    env["FARM_WORKER_METRICS_ADDR"] = settings.worker_metrics_addr
     return env

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers",
-                  "teams", "batches", "health", "ws")
+                  "teams", "batches", "health", "metrics", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:
@@ -13,7 +13,8 @@ def create_app(settings, *, context=None) -> Flask:
     from importlib import import_module
 
     from farm.services.context import make_context
-    from web import auth, errors, security
+    from farm.metrics import web_metrics
+    from web import auth, errors, request_metrics, security
     from web.api.ws import SERVER_OPTIONS as WEBSOCKET_OPTIONS
     from web.relay import Relay
 
@@ -44,6 +45,9 @@ def create_app(settings, *, context=None) -> Flask:
     app.json.sort_keys = False
     app.json.compact = True
     app.extensions["farm"] = context
+    if context.dispatcher is not None:
+        context.dispatcher.on_decision = lambda outcome: web_metrics().decisions.labels(outcome).inc()
+    request_metrics.register(app)  # first: every request is counted, refused ones too
     errors.register(app)
     security.register(app, settings)
     auth.register(app, settings, context.database)  # after the origin checks: a foreign page gets 403 first

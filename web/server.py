@@ -48,7 +48,18 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
+def _child_exit(server, worker) -> None:
+    from farm.metrics import process_exited
+
+    process_exited(worker.pid)
+
+
 def serve(settings) -> None:
+    from farm.metrics import prepare_multiprocess
+
+    # Before anything imports prometheus_client, and before gunicorn forks its workers: each one
+    # writes its counters to this folder and /metrics, in whichever worker, sums them.
+    prepare_multiprocess(settings.data_dir / "metrics" / f"web-{settings.port}")
     _Gunicorn(settings, {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.web_processes,
@@ -63,4 +74,5 @@ def serve(settings) -> None:
         "errorlog": "-",
         "loglevel": "warning",
         "post_worker_init": _post_worker_init,
+        "child_exit": _child_exit,
     }).run()

@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,6 +107,9 @@ class ModelCache:
         self.device_budget = budgets[0] if device_budget is None else device_budget
         self.host_budget = budgets[1] if host_budget is None else host_budget
         self.loads = 0
+        # Observers (metrics): on_load(kind, seconds) for a load from disk, on_hit(kind) for a reuse.
+        self.on_load: Callable[[str, float], None] | None = None
+        self.on_hit: Callable[[str], None] | None = None
         self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()
         self._in_use: set[tuple] = set()
         self._lock = threading.RLock()
@@ -212,12 +216,19 @@ class ModelCache:
         return {"unet_dtype": torch.float16, "clip_dtype": torch.float32, "vae_dtype": vae_dtype}
 
     def _get(self, key: tuple, label: str, load: Callable[[], Any], counts_as_load: bool = True):
+        kind = key[-1] if key and isinstance(key[-1], str) else "model"
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
+                started = time.perf_counter()
                 value = load()
                 if counts_as_load:
                     self.loads += 1
+                    if self.on_load is not None:
+                        self.on_load(kind, time.perf_counter() - started)
+            elif self.on_hit is not None:
+                self.on_hit(kind)
+            if entry is None:
                 self._prepare(value)
                 entry = _Entry(value, _size(value), label)
                 self._entries[key] = entry

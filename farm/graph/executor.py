@@ -73,6 +73,7 @@ class GraphExecutor:
         self.models = models
         self.cache = cache
         self.on_out_of_memory = on_out_of_memory
+        self.on_node: Callable[[str, float], None] | None = None  # (class_type, seconds) of each node run
 
     def execute(
         self,
@@ -138,7 +139,10 @@ class GraphExecutor:
                     models=self.models,
                     preview=progress.offer_preview,
                 )
+                node_started = time.perf_counter()
                 result = cls().run(ctx, **inputs)
+                if self.on_node is not None:
+                    self.on_node(class_type, time.perf_counter() - node_started)
             except Interrupted:
                 progress.flush()
                 send("execution_interrupted", {

@@ -158,7 +158,8 @@ _CLAIM_NEXT = (
     .values(state=PromptState.RUNNING.value, worker=bindparam("worker"), attempt=_prompts.c.attempt + 1,
             dispatched_at=db_now(), started_at=db_now())
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
-               _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team, _prompts.c.batch_id)
+               _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team, _prompts.c.batch_id,
+               _prompts.c.created_at, _prompts.c.started_at)
 )
 # A capped batch's row, locked while one of its cells is taken (concurrent dispatchers count its
 # active cells one after the other), and that count.
@@ -197,6 +198,7 @@ class Dispatcher:
         # reporter, a web process's trigger).
         self._needs: dict[int, frozenset[str]] = {}
         self.teams = teams or team_book(database)
+        self.on_decision = None  # called with "assigned" or "none" for every decision (metrics)
 
     def dispatch(self, only: str | None = None, loaded: frozenset[str] | None = None) -> list[Assignment]:
         """Give every idle worker (or just `only`, whose loaded checkpoints may be passed in as
@@ -226,7 +228,7 @@ class Dispatcher:
         claimed at once (no broker round trip between two prompts of a busy worker). `files` and
         `loaded` are the worker's model files and loaded checkpoints as it knows them now. Returns
         the claimed row (prompt_id, attempt, prompt, extra_data, outputs_to_execute, client_id, team,
-        batch_id), or
+        batch_id, created_at, started_at), or
         None when the worker should take none now."""
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name}
         locked = connection.execute(_LOCK_FOR_NEXT, params).first()
@@ -271,6 +273,12 @@ class Dispatcher:
             row = connection.execute(_LOCK_WORKER, params).first()
             if row is None or row[1]:
                 return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
+        taken = self._decide(connection, worker, live, statement, params)
+        if self.on_decision is not None:
+            self.on_decision("assigned" if taken is not None else "none")
+        return taken
+
+    def _decide(self, connection, worker: _Worker, live, statement, params):
         if self.teams.trivial():
             return self._pick(connection, worker, live, statement, _CANDIDATES, params)
         limits = self.teams.teams()

@@ -75,7 +75,11 @@ class FarmContext:
         threading.Thread(target=loop, name="farm-reaper", daemon=True).start()
         from farm.services.webhooks import WebhookLoop
 
-        WebhookLoop(self.database).start()  # batch.completed notices and every webhook delivery
+        from farm.metrics import web_metrics
+
+        deliveries = web_metrics().webhook_deliveries
+        # batch.completed notices and every webhook delivery, counted by event and outcome
+        WebhookLoop(self.database, on_outcome=lambda event, outcome: deliveries.labels(event, outcome).inc()).start()
 
     def dispatch_soon(self) -> None:
         if self.trigger is not None:

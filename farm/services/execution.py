@@ -50,7 +50,7 @@ _LOCK = update(_workers).where(_workers.c.name == bindparam("p_worker"), _worker
     locked=True, lock_reason=bindparam("reason"))
 _CLAIMED_ROW = select(
     _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
-    _table.c.client_id, _table.c.team, _table.c.batch_id,
+    _table.c.client_id, _table.c.team, _table.c.batch_id, _table.c.created_at, _table.c.started_at,
 ).where(_table.c.prompt_id == bindparam("p_id"))
 
 
@@ -68,6 +68,14 @@ class ClaimedPrompt:
     client_id: str | None
     team: str = "default"
     batch_id: str | None = None
+    created_at: object = None  # accepted, and claimed (database times): the queue wait between them
+    started_at: object = None
+
+    @property
+    def queue_wait_seconds(self) -> float | None:
+        if self.created_at is None or self.started_at is None:
+            return None
+        return max((self.started_at - self.created_at).total_seconds(), 0.0)
 
 
 # A claim that meets a connection the database dropped (pooled connections in steady use are not

@@ -171,12 +171,13 @@ def backoff(attempts: int) -> float:
 class Deliverer:
     """Posts due outbox rows; several (one per web process) share the work through row leases."""
 
-    def __init__(self, database, session=None, timeout: float = TIMEOUT_SECONDS):
+    def __init__(self, database, session=None, timeout: float = TIMEOUT_SECONDS, on_outcome=None):
         import requests
 
         self.database = database
         self.http = session or requests.Session()
         self.timeout = timeout
+        self.on_outcome = on_outcome  # (event, "delivered" | "retry" | "failed"): metrics
 
     def run_once(self, limit: int = 20) -> int:
         """Deliver what is due now; return how many were posted (whatever the answer)."""
@@ -212,23 +213,25 @@ class Deliverer:
         attempts = row.attempts + 1
         with self.database.write_connection() as connection:
             if ok:
-                values = {"status": "delivered"}
+                values, outcome = {"status": "delivered"}, "delivered"
             elif attempts >= MAX_ATTEMPTS:
-                values = {"status": "failed"}
+                values, outcome = {"status": "failed"}, "failed"
                 log.warning("webhook %s to %s given up after %d attempts: %s", row.id, row.url, attempts, status)
             else:
-                values = {"next_at": later(backoff(attempts))}
+                values, outcome = {"next_at": later(backoff(attempts))}, "retry"
             connection.execute(update(_deliveries).where(_deliveries.c.id == row.id).values(
                 attempts=attempts, last_status=status, last_at=db_now(), **values))
+        if self.on_outcome is not None:
+            self.on_outcome(row.event, outcome)
 
 
 class WebhookLoop:
     """A daemon thread per web process: the batch sweep and the deliveries, every `interval` seconds."""
 
-    def __init__(self, database, interval: float = 1.0):
+    def __init__(self, database, interval: float = 1.0, on_outcome=None):
         self.database = database
         self.interval = interval
-        self.deliverer = Deliverer(database)
+        self.deliverer = Deliverer(database, on_outcome=on_outcome)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="farm-webhooks", daemon=True).start()

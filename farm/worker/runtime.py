@@ -33,6 +33,7 @@ from farm.engine.model_cache import ModelCache
 from farm.events import EventBus
 from farm.graph.cache import ExecutionCache
 from farm.graph.executor import ExecutionResult, GraphExecutor, now_ms
+from farm.metrics import serve_worker_metrics, worker_metrics
 from farm.models import LocalModelInventory, inventory
 from farm.nodes.base import Interrupted, PromptTimeout
 from farm.queue import placement
@@ -66,6 +67,12 @@ class WorkerRuntime:
         )
         self.bus = EventBus(settings.events_url, worker=name)
         self.hooks = PromptHooks(self.context.teams)  # who wants each prompt's end (webhook outbox)
+        self.metrics = worker_metrics()
+        self.executor.on_node = lambda class_type, seconds: self.metrics.node.labels(class_type).observe(seconds)
+        self.models.on_load = lambda kind, seconds: (self.metrics.model_loads.labels(kind).inc(),
+                                                     self.metrics.model_load_seconds.labels(kind).observe(seconds))
+        self.models.on_hit = lambda kind: self.metrics.model_hits.labels(kind).inc()
+        self.context.dispatcher.on_decision = lambda outcome: self.metrics.decisions.labels(outcome).inc()
         self.executor.preview_method = settings.preview_method
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
@@ -102,6 +109,10 @@ class WorkerRuntime:
         self.reporter.start()
         if self.settings.prompt_timeout_seconds:
             Watchdog(self).start()
+        if self.settings.worker_metrics_port:
+            port = self.settings.worker_metrics_port + (self.info.gpu_index or 0)
+            serve_worker_metrics(port, self.settings.worker_metrics_addr)
+            log.info("worker %s metrics on http://%s:%d/metrics", self.name, self.settings.worker_metrics_addr, port)
         self.context.warm_up()
         gc.collect()
         gc.freeze()  # start-up objects (torch, Celery) never need collecting: keep full collections short
@@ -260,9 +271,13 @@ class WorkerRuntime:
                 self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id, team=claimed.team)
 
         self._publish_status()  # taken off the queue (spec 4.3: before execution_start)
+        if claimed.queue_wait_seconds is not None:
+            self.metrics.queue_wait.labels(claimed.team).observe(claimed.queue_wait_seconds)
         self.models.begin_prompt()
         try:
+            started = time.perf_counter()
             result = self._run(claimed, emit, outputs)
+            self.metrics.execution.labels(claimed.team, result.status).observe(time.perf_counter() - started)
             self._deadline = None  # ended: only recording is left, the watchdog has nothing to stop
             if result.status == "interrupted" and self._abandon.is_set():
                 outputs.discard()
@@ -272,6 +287,7 @@ class WorkerRuntime:
                 return None
             recorded, following = self._end(claimed, result, held)
             if recorded:
+                self.metrics.prompts.labels(claimed.team, result.status).inc()
                 outputs.keep()
             else:
                 outputs.discard()
