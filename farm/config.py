@@ -84,6 +84,11 @@ class Settings:
     # A worker serves its Prometheus metrics on this port plus its GPU index (0: off), on this address.
     worker_metrics_port: int = 0
     worker_metrics_addr: str = "127.0.0.1"
+    # Signs the dashboard's session cookies; None: one made and kept in the data folder (set the
+    # same value on every web host of a cluster).
+    secret_key: str | None = None
+    # Dashboard cookies only over HTTPS ("auto": when the request came over HTTPS).
+    cookie_secure: str = "auto"
 
     @property
     def auth_enabled(self) -> bool:
@@ -170,6 +175,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         cell_retries=number("cell_retries", int, 3),
         worker_metrics_port=number("worker_metrics_port", int, 0),
         worker_metrics_addr=get("worker_metrics_addr", "127.0.0.1"),
+        secret_key=get("secret_key"),
+        cookie_secure=get("cookie_secure", "auto"),
     )
 
 
@@ -275,4 +282,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env["FARM_CELL_RETRIES"] = str(settings.cell_retries)
     env["FARM_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port)
     env["FARM_WORKER_METRICS_ADDR"] = settings.worker_metrics_addr
+    env["FARM_COOKIE_SECURE"] = settings.cookie_secure
+    if settings.secret_key:
+        env["FARM_SECRET_KEY"] = settings.secret_key
     return env

@@ -14,7 +14,7 @@ def create_app(settings, *, context=None) -> Flask:
 
     from farm.services.context import make_context
     from farm.metrics import web_metrics
-    from web import auth, errors, request_metrics, security
+    from web import auth, errors, request_metrics, security, sessions
     from web.api.ws import SERVER_OPTIONS as WEBSOCKET_OPTIONS
     from web.relay import Relay
 
@@ -51,6 +51,10 @@ def create_app(settings, *, context=None) -> Flask:
     errors.register(app)
     security.register(app, settings)
     auth.register(app, settings, context.database)  # after the origin checks: a foreign page gets 403 first
+    sessions.register(app, settings)
+    from web.dashboard import blueprint as dashboard
+
+    app.register_blueprint(dashboard)
     for module_name in API_BLUEPRINTS:
         blueprint = import_module(f"web.api.{module_name}").blueprint
         # Every route answers both bare and under /api, as ComfyUI's server does.

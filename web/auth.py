@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 
-from flask import g, request
+from urllib.parse import urlsplit
+
+from flask import g, redirect, request, url_for
 
 from farm.services.principal import LOCAL, Forbidden, Principal
 from farm.services.teams import KeyRing
@@ -24,6 +26,30 @@ WEBSOCKET_PATHS = ("/ws", "/api/ws")
 
 def auth_enabled(settings) -> bool:
     return settings.auth_enabled
+
+
+DASHBOARD = "/dashboard"
+PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static")
+# Who a public page acts as: no team, the lowest role (they act on nothing).
+NOBODY = Principal("", "submit", "anonymous")
+
+
+def _session_principal(keys):
+    """The dashboard's signed-in key (its session cookie), for dashboard pages and for the
+    dashboard's own /ws: only from a page of this farm (a cross-site page could otherwise open a
+    socket with the visitor's cookie and read the farm's events)."""
+    from flask import session
+
+    digest = session.get("key_hash")
+    if not digest:
+        return None
+    if request.path in WEBSOCKET_PATHS:
+        origin = request.headers.get("Origin", "")
+        if urlsplit(origin).netloc != request.host:
+            return None
+    elif not request.path.startswith(DASHBOARD):
+        return None  # the API takes keys, not cookies: no CSRF to worry about there
+    return keys.principal_by_hash(digest)
 
 
 def presented_key() -> str | None:
@@ -75,9 +101,18 @@ def register(app, settings, database) -> None:
     def identify():
         if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
             return None
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            g.farm_principal = NOBODY  # the sign-in page and the dashboard's CSS and script
+            return None
         secret = presented_key()
         if secret is None:
+            signed_in = _session_principal(keys)
+            if signed_in is not None:
+                g.farm_principal = signed_in
+                return None
             if enabled:
+                if request.path.startswith(DASHBOARD) and request.method == "GET":
+                    return redirect(url_for("dashboard.login", next=request.full_path))
                 return unauthorized("This farm needs an API key")
             g.farm_principal = LOCAL
             return None

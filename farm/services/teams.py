@@ -189,7 +189,10 @@ class KeyRing:
         self._lock = threading.Lock()
 
     def principal(self, secret: str) -> Principal | None:
-        digest = key_hash(secret)
+        return self.principal_by_hash(key_hash(secret))
+
+    def principal_by_hash(self, digest: str) -> Principal | None:
+        """The same, from the key's SHA-256 (what a dashboard session holds instead of the key)."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)

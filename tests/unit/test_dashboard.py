@@ -1,0 +1,137 @@
+"""The dashboard's pages and actions through the Flask app: open with auth off, sign-in with a key
+(a cookie holding its hash, never the key) with auth on, CSRF on every form, roles from the
+services, and each team seeing its own."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from farm.services import teams, workers
+from farm.services.principal import LOCAL
+from tests.workflows import invert_workflow
+
+
+def csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def make_batch(client, headers=None, name="turntable", cells=3) -> str:
+    answer = client.post("/api/batches", headers=headers or {}, data=json.dumps({
+        "workflow": invert_workflow(), "name": name, "sweep": {"1.width": {"range": [8, 8 + cells - 1]}}}))
+    assert answer.status_code == 201, answer.get_json()
+    return answer.get_json()["batch_id"]
+
+
+def register(context, name="w1"):
+    workers.register(context.database, workers.WorkerInfo(
+        name=name, session=f"s-{name}", queue="q", host="h", pid=1, gpu_index=None, device_name="cpu",
+        device_type="cpu", version="t"), context.settings)
+
+
+def test_with_auth_off_every_page_renders_and_acts(client, context):
+    register(context)
+    batch_id = make_batch(client)
+    overview = client.get("/dashboard/")
+    assert overview.status_code == 200
+    page = overview.get_data(as_text=True)
+    # The idle worker took the first cell as the batch came in.
+    assert 'id="team-default"' in page and 'class="queued">2<' in page and 'class="running">1<' in page
+    assert 'id="workers-busy">1<' in page
+    workers_page = client.get("/dashboard/workers").get_data(as_text=True)
+    assert 'id="worker-w1"' in workers_page and "dispatch running" in workers_page
+    listing = client.get("/dashboard/batches").get_data(as_text=True)
+    assert f'id="batch-{batch_id}"' in listing and "turntable" in listing
+    detail = client.get(f"/dashboard/batches/{batch_id}").get_data(as_text=True)
+    assert 'id="cell-2"' in detail and "1.width=10" in detail and f"/api/batches/{batch_id}/sheet.png" in detail
+    token = csrf(listing)
+    answer = client.post("/dashboard/batches/actions", data={"csrf": token, "ids": [batch_id], "action": "pause"})
+    assert answer.status_code == 303
+    assert client.get(f"/api/batches/{batch_id}").get_json()["state"] == "paused"
+    assert client.post("/dashboard/workers/w1/drain", data={"csrf": token}).status_code == 303
+    assert client.get("/api/workers/w1").get_json()["state"] in ("draining", "busy")
+    with context.database.reading() as session:
+        from farm.db.models import Worker
+
+        assert session.get(Worker, "w1").draining
+    assert client.post("/dashboard/dispatch/pause", data={"csrf": token}).status_code == 303
+    assert client.get("/api/dispatch").get_json() == {"paused": True}
+
+
+def test_every_form_needs_the_sessions_csrf_token(client, context):
+    batch_id = make_batch(client)
+    for form in ({}, {"csrf": "forged"}):
+        answer = client.post("/dashboard/batches/actions", data={**form, "ids": [batch_id], "action": "cancel"})
+        assert answer.status_code == 400
+    assert client.get(f"/api/batches/{batch_id}").get_json()["state"] == "queued"
+
+
+@pytest.fixture
+def secured(settings, sender):
+    from farm.services.context import make_context
+    from web import create_app
+
+    context = make_context(settings.with_overrides(auth="on"), sender=sender)
+    for name in ("a", "b"):
+        teams.create_team(context.database, name, teams.TeamLimits(), LOCAL)
+    keys = {"a": teams.create_key(context.database, "a", "submit", "", LOCAL)[0],
+            "b": teams.create_key(context.database, "b", "submit", "", LOCAL)[0],
+            "admin": teams.create_key(context.database, "default", "admin", "", LOCAL)[0]}
+    app = create_app(context.settings, context=context)
+    yield app, context, keys
+    context.database.dispose()
+
+
+def sign_in(app, key: str):
+    client = app.test_client()
+    answer = client.post("/dashboard/login", data={"key": key, "next": "/dashboard/batches"})
+    assert answer.status_code == 303 and answer.headers["Location"].endswith("/dashboard/batches")
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and key not in cookie
+    return client
+
+
+def test_with_auth_on_pages_need_a_sign_in_and_show_a_teams_own(secured):
+    app, context, keys = secured
+    anonymous = app.test_client()
+    answer = anonymous.get("/dashboard/batches")
+    assert answer.status_code == 302 and "/dashboard/login" in answer.headers["Location"]
+    assert anonymous.post("/dashboard/login", data={"key": "cfk_wrong"}).status_code == 401
+    mine = make_batch(anonymous, {"Authorization": f"Bearer {keys['a']}"}, name="a-shots")
+    theirs = make_batch(anonymous, {"Authorization": f"Bearer {keys['b']}"}, name="b-shots")
+    a = sign_in(app, keys["a"])
+    listing = a.get("/dashboard/batches").get_data(as_text=True)
+    assert "a-shots" in listing and "b-shots" not in listing
+    assert a.get(f"/dashboard/batches/{theirs}").status_code == 404
+    assert a.get("/dashboard/workers").status_code == 403  # admins only, said by the service
+    # Acting on the other team's batch through the form: refused, nothing changes.
+    token = csrf(listing)
+    assert a.post("/dashboard/batches/actions", data={"csrf": token, "ids": [theirs], "action": "cancel"}
+                  ).status_code == 404
+    assert anonymous.get(f"/api/batches/{theirs}", headers={"Authorization": f"Bearer {keys['b']}"}
+                         ).get_json()["state"] == "queued"
+    # The cookie opens the dashboard only: the API still wants a key.
+    assert a.get("/queue").status_code == 401
+    overview = a.get("/dashboard/").get_data(as_text=True)
+    assert 'id="team-a"' in overview and 'id="team-b"' not in overview and "workers-idle" not in overview
+    admin = sign_in(app, keys["admin"])
+    assert "b-shots" in admin.get("/dashboard/batches").get_data(as_text=True)
+    assert admin.get("/dashboard/workers").status_code == 200
+    a.post("/dashboard/logout", data={"csrf": csrf(a.get("/dashboard/").get_data(as_text=True))})
+    assert a.get("/dashboard/batches").status_code == 302
+    assert mine
+
+
+def test_the_dashboards_socket_takes_its_cookie_only_from_the_farms_own_pages(secured):
+    app, context, keys = secured
+    lan = "http://farm.studio.lan"  # not loopback: ComfyUI's origin check is off, ours is what guards
+    a = app.test_client()
+    answer = a.post("/dashboard/login", data={"key": keys["a"]}, base_url=lan)
+    assert answer.status_code == 303
+    # The handshake is a GET on /ws: a cross-site page carrying the cookie gets a 401.
+    assert a.get("/ws?clientId=x", headers={"Origin": "http://evil.example"}, base_url=lan).status_code == 401
+    assert a.get("/ws?clientId=x", base_url=lan).status_code == 401  # no Origin: not a page of ours either
+    same = a.get("/ws?clientId=x", headers={"Origin": lan}, base_url=lan)
+    assert same.status_code != 401  # past auth (the test client cannot upgrade the connection)

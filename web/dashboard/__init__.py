@@ -1,0 +1,152 @@
+"""The operator's dashboard under /dashboard: server-rendered pages over the same services as the API
+(roles are enforced there, never only in the page), refreshed live by a small script that listens
+on the farm's own /ws and re-reads the page's main section when something changes.
+
+Sign-in takes an API key and keeps only its SHA-256 in the session cookie (web/sessions.py); every
+form carries the session's CSRF token. With auth off the dashboard is open, like the API.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+
+from farm.services import batches, overview, steering
+from farm.services.principal import Forbidden
+from farm.services.teams import key_hash
+from web.auth import principal
+from web.context import farm
+from web.sessions import csrf_token
+
+blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
+                      static_folder="static", static_url_path="/static")
+
+
+@blueprint.app_context_processor
+def _globals():
+    return {"csrf_token": csrf_token, "who": principal}
+
+
+@blueprint.before_request
+def _check_csrf():
+    if request.method == "POST" and request.endpoint != "dashboard.login":
+        sent = request.form.get("csrf", "")
+        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+            abort(400, "the form is out of date (CSRF check failed): reload the page and try again")
+
+
+@blueprint.errorhandler(Forbidden)
+def _forbidden(error: Forbidden):
+    return render_template("message.html", title="Not allowed", message=str(error)), 403
+
+
+@blueprint.errorhandler(batches.BatchError)
+def _refused(error: batches.BatchError):
+    return render_template("message.html", title=error.error.get("message", "Refused"),
+                           message=error.error.get("details", "")), error.status
+
+
+def _back(default: str):
+    target = request.form.get("next") or default
+    return redirect(target if target.startswith("/dashboard") else default, code=303)
+
+
+# sign-in ----------------------------------------------------------------------------------------
+@blueprint.route("/login", methods=["GET", "POST"])
+def login():
+    if request.method == "POST":
+        key = request.form.get("key", "").strip()
+        found = farm_keys().principal(key) if key else None
+        if found is None:
+            return render_template("login.html", error="Unknown or revoked API key", next=request.form.get("next")), 401
+        session.clear()  # a new session: a new CSRF token too
+        session["key_hash"] = key_hash(key)
+        return _back(url_for("dashboard.home"))
+    return render_template("login.html", error=None, next=request.args.get("next"))
+
+
+@blueprint.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("dashboard.login"), code=303)
+
+
+def farm_keys():
+    from flask import current_app
+
+    return current_app.extensions["farm_auth"]["keys"]
+
+
+# pages ------------------------------------------------------------------------------------------
+@blueprint.get("/")
+def home():
+    context = farm()
+    return render_template("overview.html", data=overview.overview(context.database, context.settings, principal()))
+
+
+@blueprint.get("/workers")
+def workers():
+    who = principal()
+    who.require("admin", "the workers page")
+    context = farm()
+    return render_template("workers.html", workers=steering.list_workers(context.database, context.settings, {}),
+                           paused=steering.dispatch_paused(context.database))
+
+
+@blueprint.post("/workers/<name>/<action>")
+def steer_worker(name: str, action: str):
+    context, who = farm(), principal()
+    try:
+        if action == "drain":
+            steering.drain(context.database, name, actor=who)
+        elif action == "lock":
+            steering.lock(context.database, name, request.form.get("reason") or None, actor=who)
+        elif action == "unlock":
+            steering.unlock(context.database, name, actor=who)
+            context.dispatch_soon()
+        else:
+            abort(404)
+    except steering.UnknownWorker:
+        abort(404)
+    flash(f"{name}: {action}")
+    return _back(url_for("dashboard.workers"))
+
+
+@blueprint.post("/dispatch/<action>")
+def steer_dispatch(action: str):
+    if action not in ("pause", "resume"):
+        abort(404)
+    context = farm()
+    steering.pause_dispatch(context.database, action == "pause", actor=principal())
+    if action == "resume":
+        context.dispatch_soon()
+    flash(f"dispatch {'paused' if action == 'pause' else 'resumed'}")
+    return _back(url_for("dashboard.workers"))
+
+
+@blueprint.get("/batches")
+def batch_list():
+    args = request.args
+    page = batches.list_batches(farm().database, principal(), team=args.get("team") or None,
+                                state=args.get("state") or None, name=args.get("name") or None,
+                                before=args.get("before") or None, limit=50)
+    return render_template("batches.html", page=page, states=batches.STATES, filters=args)
+
+
+@blueprint.post("/batches/actions")
+def batch_actions():
+    ids = request.form.getlist("ids")
+    action = request.form.get("action", "")
+    priority = request.form.get("priority")
+    batches.act(farm(), principal(), ids, action, int(priority) if priority and priority.isdigit() else None)
+    flash(f"{action}: {len(ids)} batch(es)")
+    return _back(url_for("dashboard.batch_list"))
+
+
+@blueprint.get("/batches/<batch_id>")
+def batch_page(batch_id: str):
+    context, who = farm(), principal()
+    detail = batches.detail(context.database, who, batch_id)
+    cells = batches.cells(context.database, who, batch_id, int(request.args.get("after", -1)), 100)
+    return render_template("batch.html", batch=detail, cells=cells)
