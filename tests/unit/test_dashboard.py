@@ -45,7 +45,7 @@ def test_with_auth_off_every_page_renders_and_acts(client, context):
     listing = client.get("/dashboard/batches").get_data(as_text=True)
     assert f'id="batch-{batch_id}"' in listing and "turntable" in listing
     detail = client.get(f"/dashboard/batches/{batch_id}").get_data(as_text=True)
-    assert 'id="cell-2"' in detail and "1.width=10" in detail and f"/api/batches/{batch_id}/sheet.png" in detail
+    assert 'id="cell-2"' in detail and "1.width=10" in detail and f"/dashboard/batches/{batch_id}/sheet.png" in detail
     token = csrf(listing)
     answer = client.post("/dashboard/batches/actions", data={"csrf": token, "ids": [batch_id], "action": "pause"})
     assert answer.status_code == 303
@@ -135,3 +135,67 @@ def test_the_dashboards_socket_takes_its_cookie_only_from_the_farms_own_pages(se
     assert a.get("/ws?clientId=x", base_url=lan).status_code == 401  # no Origin: not a page of ours either
     same = a.get("/ws?clientId=x", headers={"Origin": lan}, base_url=lan)
     assert same.status_code != 401  # past auth (the test client cannot upgrade the connection)
+
+
+def test_a_failed_prompts_page_shows_each_nodes_state_and_the_failing_node(client, context):
+    from sqlalchemy import update
+
+    from farm.db.models import Prompt
+
+    prompt_id = client.post("/prompt", data=json.dumps({"prompt": invert_workflow()})).get_json()["prompt_id"]
+    error = {"prompt_id": prompt_id, "node_id": "2", "node_type": "ImageInvert", "executed": ["1"],
+             "exception_message": "pixels went sideways\n", "exception_type": "ValueError",
+             "traceback": ["  File \"nodes.py\", line 3, in run\n"], "current_inputs": {}, "current_outputs": []}
+    with context.database.write() as session:
+        session.execute(update(Prompt).where(Prompt.prompt_id == prompt_id).values(
+            state="error", execution_error=error, worker="w1", attempt=1, started_at=Prompt.created_at,
+            finished_at=Prompt.created_at, messages=[["execution_start", {}], ["execution_cached", {"nodes": []}],
+                                                     ["execution_error", error]], outputs={}))
+    page = client.get(f"/dashboard/prompts/{prompt_id}").get_data(as_text=True)
+    assert "ValueError in node 2 (ImageInvert)" in page and "pixels went sideways" in page
+    assert re.search(r'id="node-1".*?node-ran', page, re.S) and re.search(r'id="node-2" class="failed"', page)
+    assert re.search(r'id="node-3".*?node-not-reached', page, re.S)
+    assert "nodes.py" in page  # the traceback
+    assert client.get("/dashboard/prompts/nope").status_code == 404
+    history = client.get("/dashboard/history?state=error").get_data(as_text=True)
+    assert f'id="prompt-{prompt_id}"' in history and "ValueError" in history
+
+
+def test_history_pages_by_cursor_newest_first(client, context):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from farm.db.models import Prompt
+
+    ids = [client.post("/prompt", data=json.dumps({"prompt": invert_workflow(i)})).get_json()["prompt_id"]
+           for i in range(5)]
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    with context.database.write() as session:
+        for index, prompt_id in enumerate(ids):
+            session.execute(update(Prompt).where(Prompt.prompt_id == prompt_id).values(
+                state="success", outputs={}, messages=[], finished_at=start + dt.timedelta(minutes=index)))
+    from farm.services import prompt_views
+    from farm.services.principal import LOCAL
+
+    first = prompt_views.history(context.database, LOCAL, limit=2)
+    assert [item["prompt_id"] for item in first["prompts"]] == [ids[4], ids[3]]
+    second = prompt_views.history(context.database, LOCAL, limit=2, before=first["next"])
+    assert [item["prompt_id"] for item in second["prompts"]] == [ids[2], ids[1]]
+    last = prompt_views.history(context.database, LOCAL, limit=2, before=second["next"])
+    assert [item["prompt_id"] for item in last["prompts"]] == [ids[0]] and last["next"] is None
+    page = client.get("/dashboard/history").get_data(as_text=True)
+    assert all(f'id="prompt-{prompt_id}"' in page for prompt_id in ids)
+
+
+def test_images_in_pages_open_with_the_session_cookie(secured):
+    app, context, keys = secured
+    storage = context.storage.for_team("a")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(storage.root("output") / "mine.png")
+    a = sign_in(app, keys["a"])
+    assert a.get("/dashboard/view?filename=mine.png&type=output").status_code == 200
+    assert a.get("/view?filename=mine.png&type=output").status_code == 401  # the API wants the key
+    b = sign_in(app, keys["b"])
+    assert b.get("/dashboard/view?filename=mine.png&type=output&team=a").status_code == 404

@@ -12,7 +12,7 @@ import hmac
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 
-from farm.services import batches, overview, steering
+from farm.services import batches, overview, prompt_views, steering
 from farm.services.principal import Forbidden
 from farm.services.teams import key_hash
 from web.auth import principal
@@ -150,3 +150,34 @@ def batch_page(batch_id: str):
     detail = batches.detail(context.database, who, batch_id)
     cells = batches.cells(context.database, who, batch_id, int(request.args.get("after", -1)), 100)
     return render_template("batch.html", batch=detail, cells=cells)
+
+
+@blueprint.get("/prompts/<prompt_id>")
+def prompt_page(prompt_id: str):
+    run = prompt_views.prompt_run(farm().database, principal(), prompt_id)
+    if run is None:
+        abort(404)
+    return render_template("prompt.html", run=run)
+
+
+@blueprint.get("/history")
+def history_page():
+    args = request.args
+    page = prompt_views.history(farm().database, principal(), state=args.get("state") or None,
+                                team=args.get("team") or None, batch_id=args.get("batch") or None,
+                                worker=args.get("worker") or None, before=args.get("before") or None)
+    return render_template("history.html", page=page, filters=args,
+                           states=["success", "error", "interrupted", "cancelled"])
+
+
+# The API's file downloads, under /dashboard so the session cookie opens them (images in pages).
+def _files():
+    from web.api import batches as batch_api
+    from web.api import files
+
+    blueprint.add_url_rule("/view", "view", files.view)
+    blueprint.add_url_rule("/batches/<batch_id>/sheet.png", "sheet", batch_api.contact_sheet)
+    blueprint.add_url_rule("/batches/<batch_id>/outputs.zip", "outputs_zip", batch_api.outputs_zip)
+
+
+_files()
