@@ -151,6 +151,9 @@ def contact_sheet(database, storage, batch_id: str, sweep: dict, limit: int = 40
             draw.text((x + 10, y + TILE // 2), state, fill=(90, 90, 90), font=font)
         else:
             tile.thumbnail((TILE - 4, TILE - 4))
+            scale = (TILE - 4) // max(tile.width, tile.height)
+            if scale > 1:  # a small render: shown larger, pixels kept sharp
+                tile = tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST)
             sheet.paste(tile, (x + (TILE - tile.width) // 2, y + (TILE - tile.height) // 2))
         values = values or {}
         if grid:

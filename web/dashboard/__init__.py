@@ -152,6 +152,20 @@ def batch_page(batch_id: str):
     return render_template("batch.html", batch=detail, cells=cells)
 
 
+@blueprint.post("/prompts/<prompt_id>/cancel")
+def cancel_prompt(prompt_id: str):
+    from farm.services import audit, jobs
+
+    who = principal()
+    if jobs.cancel(farm(), [prompt_id], team=who.scope):
+        audit.record_alone(farm().database, who, "prompt.cancel", f"team:{who.scope or 'all'}",
+                           {"prompt_ids": [prompt_id]})
+        flash(f"cancelled {prompt_id[:8]}")
+    else:
+        flash(f"{prompt_id[:8]} had ended already")
+    return _back(url_for("dashboard.prompt_page", prompt_id=prompt_id))
+
+
 @blueprint.get("/prompts/<prompt_id>")
 def prompt_page(prompt_id: str):
     run = prompt_views.prompt_run(farm().database, principal(), prompt_id)
