@@ -68,6 +68,7 @@ def team_dict(row: Team) -> dict:
 
 
 def create_team(database, name: str, limits: TeamLimits, actor: Principal) -> dict:
+    actor.require("admin", "creating teams")
     if not TEAM_NAME.match(name or ""):
         raise TeamError(f"team names are 1-63 lowercase letters, digits, '-' and '_', starting with a "
                         f"letter or digit: {name!r}")
@@ -86,6 +87,7 @@ def create_team(database, name: str, limits: TeamLimits, actor: Principal) -> di
 
 
 def update_team(database, name: str, changes: dict, actor: Principal) -> dict:
+    actor.require("admin", "changing a team's share and limits")
     allowed = {field.name for field in dataclasses.fields(TeamLimits)}
     unknown = set(changes) - allowed
     if unknown:
@@ -129,6 +131,7 @@ def key_dict(row: ApiKey) -> dict:
 
 def create_key(database, team: str, role: str, label: str, actor: Principal) -> tuple[str, dict]:
     """A new key for `team` with `role`: (the secret, shown once and never stored, its listing)."""
+    actor.require("admin", "creating keys")
     if role not in ROLES:
         raise TeamError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     secret = KEY_PREFIX + secrets.token_urlsafe(30)
@@ -155,6 +158,7 @@ def list_keys(database, team: str | None = None, include_revoked: bool = False) 
 
 def revoke_key(database, which: str, actor: Principal) -> dict:
     """Revoke the key with this id or display prefix (a whole secret works too)."""
+    actor.require("admin", "revoking keys")
     condition = ApiKey.prefix == which[:DISPLAY_CHARS] if which.startswith(KEY_PREFIX) else ApiKey.id == _int(which)
     with database.write() as session:
         rows = session.execute(select(ApiKey).where(condition)).scalars().all()

@@ -199,3 +199,33 @@ def test_images_in_pages_open_with_the_session_cookie(secured):
     assert a.get("/view?filename=mine.png&type=output").status_code == 401  # the API wants the key
     b = sign_in(app, keys["b"])
     assert b.get("/dashboard/view?filename=mine.png&type=output&team=a").status_code == 404
+
+
+def test_admins_manage_teams_and_keys_and_read_the_audit_log_in_the_dashboard(secured):
+    app, context, keys = secured
+    admin = sign_in(app, keys["admin"])
+    page = admin.get("/dashboard/teams").get_data(as_text=True)
+    token = csrf(page)
+    assert 'id="team-a"' in page and "Audit log" in page
+    assert admin.post("/dashboard/teams", data={"csrf": token, "name": "comp", "share": "3", "burst": "6"}
+                      ).status_code == 303
+    assert admin.post("/dashboard/teams/comp", data={"csrf": token, "share": "2", "burst": "", "max_queued": "900"}
+                      ).status_code == 303
+    made = admin.post("/dashboard/keys", data={"csrf": token, "team": "comp", "role": "operator", "label": "lead"})
+    assert made.status_code == 200 and "cfk_" not in made.headers.get("Set-Cookie", "")  # never in a cookie
+    secret = re.search(r"<code>(cfk_[^<]+)</code>", made.get_data(as_text=True)).group(1)
+    assert app.test_client().get("/api/me", headers={"Authorization": f"Bearer {secret}"}).get_json() == {
+        "team": "comp", "role": "operator", "actor": secret[:12], "auth": True}
+    listed = teams.list_teams(context.database)
+    comp = next(team for team in listed if team["name"] == "comp")
+    assert (comp["share"], comp["burst"], comp["max_queued"]) == (2.0, None, 900)
+    key_id = next(key["id"] for key in teams.list_keys(context.database) if key["team"] == "comp")
+    assert admin.post(f"/dashboard/keys/{key_id}/revoke", data={"csrf": token}).status_code == 303
+    log = admin.get("/dashboard/teams").get_data(as_text=True)
+    assert "key.revoke" in log and "team.update" in log
+    # Not for anyone else: the page, and the actions (checked by the services, not the page).
+    a = sign_in(app, keys["a"])
+    assert a.get("/dashboard/teams").status_code == 403
+    token_a = csrf(a.get("/dashboard/").get_data(as_text=True))
+    assert a.post("/dashboard/teams", data={"csrf": token_a, "name": "mine"}).status_code == 403
+    assert a.post("/dashboard/keys", data={"csrf": token_a, "team": "a", "role": "admin"}).status_code == 403

@@ -12,7 +12,7 @@ import hmac
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 
-from farm.services import batches, overview, prompt_views, steering
+from farm.services import audit, batches, overview, prompt_views, steering, teams
 from farm.services.principal import Forbidden
 from farm.services.teams import key_hash
 from web.auth import principal
@@ -90,8 +90,16 @@ def workers():
     who = principal()
     who.require("admin", "the workers page")
     context = farm()
-    return render_template("workers.html", workers=steering.list_workers(context.database, context.settings, {}),
+    return render_template("workers.html", workers=steering.list_workers(context.database, context.settings, _running()),
                            paused=steering.dispatch_paused(context.database))
+
+
+def _running() -> dict:
+    """What each worker runs now (node, step), as this process's relay last heard it."""
+    from flask import current_app
+
+    relay = current_app.extensions.get("farm_relay")
+    return relay.running_nodes.by_worker() if relay is not None else {}
 
 
 @blueprint.post("/workers/<name>/<action>")
@@ -195,3 +203,80 @@ def _files():
 
 
 _files()
+
+
+# teams, keys and the audit log (admins) ----------------------------------------------------------
+@blueprint.get("/teams")
+def teams_page():
+    who = principal()
+    who.require("admin", "the teams and keys page")
+    return _teams_page(who, None)
+
+
+def _teams_page(who, new_key: dict | None):
+    database = farm().database
+    return render_template("teams.html", teams=teams.list_teams(database), keys=teams.list_keys(database),
+                           roles=("submit", "operator", "admin"), new_key=new_key,
+                           log=audit.entries(database, before=int(request.args["before"]) if
+                                             request.args.get("before", "").isdigit() else None, limit=50))
+
+
+def _number(name: str, cast=int):
+    value = request.form.get(name, "").strip()
+    if value == "":
+        return None
+    try:
+        return cast(value)
+    except ValueError:
+        abort(400, f"{name} must be a number")
+
+
+@blueprint.post("/teams")
+def create_team():
+    limits = {key: value for key, value in (("share", _number("share", float)), ("burst", _number("burst")),
+                                             ("max_queued", _number("max_queued")),
+                                             ("max_running", _number("max_running"))) if value is not None}
+    try:
+        teams.create_team(farm().database, request.form.get("name", "").strip(), teams.TeamLimits(**limits),
+                          principal())
+    except teams.TeamError as error:
+        flash(str(error))
+        return _back(url_for("dashboard.teams_page"))
+    flash(f"team {request.form.get('name')} created")
+    return _back(url_for("dashboard.teams_page"))
+
+
+@blueprint.post("/teams/<name>")
+def update_team(name: str):
+    changes = {"share": _number("share", float) or 0.0, "burst": _number("burst"),
+               "max_queued": _number("max_queued"), "max_running": _number("max_running")}
+    try:
+        teams.update_team(farm().database, name, changes, principal())
+    except teams.TeamError as error:
+        flash(str(error))
+        return _back(url_for("dashboard.teams_page"))
+    flash(f"team {name} changed")
+    return _back(url_for("dashboard.teams_page"))
+
+
+@blueprint.post("/keys")
+def create_key():
+    try:
+        secret, made = teams.create_key(farm().database, request.form.get("team", ""),
+                                        request.form.get("role", "submit"), request.form.get("label", ""),
+                                        principal())
+    except teams.TeamError as error:
+        flash(str(error))
+        return _back(url_for("dashboard.teams_page"))
+    # Shown once, in this answer only (never put in a cookie or a redirect).
+    return _teams_page(principal(), {"secret": secret, **made})
+
+
+@blueprint.post("/keys/<which>/revoke")
+def revoke_key(which: str):
+    try:
+        revoked = teams.revoke_key(farm().database, which, principal())
+    except teams.TeamError as error:
+        abort(404, str(error))
+    flash(f"key {revoked['prefix']} revoked")
+    return _back(url_for("dashboard.teams_page"))
