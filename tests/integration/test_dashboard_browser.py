@@ -82,6 +82,7 @@ def test_an_operator_follows_and_steers_a_sweep_in_the_browser(browser, tmp_path
         api.headers["Authorization"] = f"Bearer {admin}"
 
         page = sign_in(browser, farm.url, admin)
+        page.wait_for_selector("#chart-images .uplot canvas")  # the charts drew (uPlot, served by the farm)
         shots(page, "overview")
         # A sweep submitted through the API; its page's progress moves without a reload.
         batch_id = api.post(f"{farm.url}/api/batches", timeout=30, data=json.dumps({

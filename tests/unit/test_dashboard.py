@@ -229,3 +229,38 @@ def test_admins_manage_teams_and_keys_and_read_the_audit_log_in_the_dashboard(se
     token_a = csrf(a.get("/dashboard/").get_data(as_text=True))
     assert a.post("/dashboard/teams", data={"csrf": token_a, "name": "mine"}).status_code == 403
     assert a.post("/dashboard/keys", data={"csrf": token_a, "team": "a", "role": "admin"}).status_code == 403
+
+
+def test_the_overview_charts_the_last_hour_from_the_farms_own_scripts(client, context):
+    from sqlalchemy import update
+
+    from farm.db.models import Prompt
+    from farm.services import overview
+    from farm.services.principal import LOCAL
+
+    ids = [client.post("/prompt", data=json.dumps({"prompt": invert_workflow(i)})).get_json()["prompt_id"]
+           for i in range(3)]
+    with context.database.write() as session:
+        session.execute(update(Prompt).where(Prompt.prompt_id.in_(ids)).values(
+            state="success", outputs={}, messages=[], started_at=Prompt.created_at, finished_at=Prompt.created_at))
+    series = overview.overview(context.database, context.settings, LOCAL)["series"]
+    assert len(series["minutes"]) == 60 and sum(series["images"]) == 3 and series["images"][-1] == 3
+    assert len(series["wait_at"]) == 12 and series["wait_p50"][-1] == 0.0
+    page = client.get("/dashboard/").get_data(as_text=True)
+    assert '<script type="application/json" id="series">' in page
+    scripts = re.findall(r'<script src="([^"]+)"', page) + re.findall(r'<link rel="stylesheet" href="([^"]+)"', page)
+    assert scripts and all(src.startswith("/dashboard/static/") for src in scripts)  # nothing from a CDN
+    for src in scripts:
+        assert client.get(src).status_code == 200, src
+
+
+def test_vendored_javascript_is_pinned_with_its_licence():
+    from pathlib import Path
+
+    vendor = Path(__file__).resolve().parents[2] / "web" / "dashboard" / "static" / "vendor"
+    pins = json.loads((vendor / "VERSIONS.json").read_text())
+    for package, pin in pins.items():
+        assert pin["version"] and pin["integrity"].startswith("sha512-") and pin["license"]
+        for name in pin["files"]:
+            assert (vendor / package / name).stat().st_size > 0
+        assert "LICENSE" in pin["files"]
