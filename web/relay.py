@@ -14,6 +14,8 @@ not subscribed. The relay keeps no prompt state: what a worker runs now comes fr
 
 from __future__ import annotations
 
+import base64
+import collections
 import dataclasses
 import logging
 import socket
@@ -115,6 +117,31 @@ class Frames:
         return kind, self._previews[kind]
 
 
+class LatestPreviews:
+    """The newest preview event of the last `size` prompts that sent one (decoded only when asked)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._events: collections.OrderedDict[str, BusEvent] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, event: BusEvent) -> None:
+        with self._lock:
+            self._events[event.prompt_id] = event
+            self._events.move_to_end(event.prompt_id)
+            while len(self._events) > self.size:
+                self._events.popitem(last=False)
+
+    def latest(self, prompt_id: str) -> tuple[str | None, bytes, str] | None:
+        """(team, image bytes, MIME type) of the prompt's latest preview, or None."""
+        with self._lock:
+            event = self._events.get(prompt_id)
+        if event is None:
+            return None
+        data = event.data
+        return event.team, base64.b64decode(data["image"]), data.get("image_type") or "image/jpeg"
+
+
 class StatusGate:
     """Thins a flood of `status` broadcasts: bursts pass at once, beyond `rate` a second the latest
     waits for the next slot and older ones are dropped (each carries the whole queue length).
@@ -186,6 +213,7 @@ class Relay:
         self._watchers: dict[str, set[Client]] = {}
         self._everything: set[Client] = set()
         self.running_nodes = RunningNodes(events_url)  # what the workers run now, for reconnects
+        self.previews = LatestPreviews()  # each running prompt's latest sampling preview (the dashboard)
 
     # sockets ------------------------------------------------------------------------------------
     def new_client(self, sid: str, wake: threading.Event, sock: socket.socket | None = None, **options) -> Client:
@@ -260,6 +288,8 @@ class Relay:
     # events -------------------------------------------------------------------------------------
     def dispatch(self, event: BusEvent) -> None:
         """Hand one bus event to the outboxes of the sockets that should get it."""
+        if event.type == PREVIEW_EVENT and event.prompt_id is not None:
+            self.previews.remember(event)
         if event.type == "status" and not self._status_gate.admit(event):
             return  # held back; the gate fans the latest out a moment later
         with self._dispatch_lock:  # the gate's thread dispatches too: keep one order per socket

@@ -143,6 +143,8 @@ def list_batches(database, principal: Principal, *, team: str | None = None, sta
             last_seen = batch
             summary = _summary(batch, counts[batch.id])
             if state is None or summary["state"] == state:
+                if summary["state"] == "running":  # an ETA only where it moves (two reads each)
+                    summary["eta_seconds"] = eta(database, batch, counts[batch.id])
                 page.append(summary)
             if len(page) > limit:
                 break

@@ -264,3 +264,44 @@ def test_vendored_javascript_is_pinned_with_its_licence():
         for name in pin["files"]:
             assert (vendor / package / name).stat().st_size > 0
         assert "LICENSE" in pin["files"]
+
+
+def test_a_running_prompts_latest_preview_is_served_to_its_team_only(secured):
+    import base64
+
+    from farm.events import decode_events, encode_event
+    from farm.graph.progress import PREVIEW_EVENT
+
+    app, context, keys = secured
+    relay = app.extensions["farm_relay"]
+    image = b"\xff\xd8\xff preview bytes"
+    for step in (1, 2):
+        data = {"image": base64.b64encode(image + bytes([step])).decode(), "image_type": "image/jpeg",
+                "prompt_id": "p-a"}
+        for event in decode_events(encode_event(PREVIEW_EVENT, data, "p-a", None, "a")):
+            relay.dispatch(event)
+    a = sign_in(app, keys["a"])
+    answer = a.get("/dashboard/previews/p-a")
+    assert answer.status_code == 200 and answer.mimetype == "image/jpeg" and answer.data == image + b"\x02"
+    assert sign_in(app, keys["b"]).get("/dashboard/previews/p-a").status_code == 404
+    assert a.get("/dashboard/previews/nothing").status_code == 404
+
+
+def test_history_filters_by_time(client, context):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from farm.db.models import Prompt
+
+    old, new = (client.post("/prompt", data=json.dumps({"prompt": invert_workflow(i)})).get_json()["prompt_id"]
+                for i in range(2))
+    now = dt.datetime.now(dt.timezone.utc)
+    with context.database.write() as session:
+        for prompt_id, when in ((old, now - dt.timedelta(days=3)), (new, now - dt.timedelta(minutes=5))):
+            session.execute(update(Prompt).where(Prompt.prompt_id == prompt_id).values(
+                state="success", outputs={}, messages=[], finished_at=when))
+    last_hour = client.get("/dashboard/history?since=1h").get_data(as_text=True)
+    assert f'id="prompt-{new}"' in last_hour and f'id="prompt-{old}"' not in last_hour
+    week = client.get("/dashboard/history?since=7d").get_data(as_text=True)
+    assert f'id="prompt-{old}"' in week

@@ -9,6 +9,7 @@ form carries the session's CSRF token. With auth off the dashboard is open, like
 from __future__ import annotations
 
 import hmac
+from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 
@@ -174,6 +175,18 @@ def cancel_prompt(prompt_id: str):
     return _back(url_for("dashboard.prompt_page", prompt_id=prompt_id))
 
 
+@blueprint.get("/previews/<prompt_id>")
+def preview(prompt_id: str):
+    """The latest sampling preview of a running prompt, as this process's relay last heard it."""
+    from flask import Response, current_app
+
+    relay = current_app.extensions.get("farm_relay")
+    found = relay.previews.latest(prompt_id) if relay is not None else None
+    if found is None or not principal().sees(found[0]):
+        abort(404)
+    return Response(found[1], mimetype=found[2], headers={"Cache-Control": "no-store"})
+
+
 @blueprint.get("/prompts/<prompt_id>")
 def prompt_page(prompt_id: str):
     run = prompt_views.prompt_run(farm().database, principal(), prompt_id)
@@ -185,9 +198,11 @@ def prompt_page(prompt_id: str):
 @blueprint.get("/history")
 def history_page():
     args = request.args
+    hours = {"1h": 1, "24h": 24, "7d": 168}.get(args.get("since", ""))
+    since = datetime.now(timezone.utc) - timedelta(hours=hours) if hours else None
     page = prompt_views.history(farm().database, principal(), state=args.get("state") or None,
                                 team=args.get("team") or None, batch_id=args.get("batch") or None,
-                                worker=args.get("worker") or None, before=args.get("before") or None)
+                                worker=args.get("worker") or None, since=since, before=args.get("before") or None)
     return render_template("history.html", page=page, filters=args,
                            states=["success", "error", "interrupted", "cancelled"])
 
