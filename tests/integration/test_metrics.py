@@ -55,6 +55,8 @@ def test_web_processes_add_up_and_a_worker_serves_its_own(tmp_path):
             assert total(worker, "farm_node_seconds_count", node_class="Sleep") >= 1
             assert total(worker, "farm_node_seconds_sum", node_class="Sleep") >= 0.05
             assert total(worker, "farm_queue_wait_seconds_count", team="default") >= 1
+            # The containers' health check asks the same port.
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
             web = samples(f"{farm.url}/metrics")
             assert total(web, "farm_worker_state", worker="measured") == 1
         finally:
