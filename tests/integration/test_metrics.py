@@ -39,8 +39,9 @@ def test_web_processes_add_up_and_a_worker_serves_its_own(tmp_path):
                 session.get(f"{farm.url}/queue", timeout=10)
             found = samples(f"{farm.url}/metrics")
             assert total(found, "farm_http_requests_total", route="/queue", status="200") == 80
-            # Each gunicorn process writes its own file: the sum above came from several.
-            assert len(list((farm.data / "metrics").glob("web-*/counter_*.db"))) >= 2
+            # Multiprocess mode is on: each gunicorn process that served writes its counters to a
+            # file there (how many served is the kernel's choice), and /metrics sums the files.
+            assert list((farm.data / "metrics").glob("web-*/counter_*.db"))
             farm.start_worker("measured")
             prompt_id = farm.submit(sleep_prompt(50))
             assert farm.history(prompt_id)["status"]["status_str"] == "success"
