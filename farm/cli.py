@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_teams.add_commands(commands)
     cli_batch.add_commands(commands)
 
+    flower = commands.add_parser("flower", help="Flower, Celery's monitor, on the farm's broker (pip install "
+                                                "'comfy-farm[flower]'; workers need FARM_CELERY_EVENTS=1 for tasks)")
+    flower.add_argument("--address", default="127.0.0.1", help="address Flower listens on (default 127.0.0.1)")
+    flower.add_argument("--port", dest="flower_port", type=int, default=5555, help="port Flower listens on (default 5555)")
+    flower.add_argument("--basic-auth", metavar="USER:PASSWORD",
+                        help="protect Flower and its API (without it Flower answers its API only when "
+                             "FLOWER_UNAUTHENTICATED_API=true)")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply the migrations")
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         from farm import cli_teams
 
         return cli_teams.run(args, settings)
+    if args.command == "flower":
+        return _flower(args, settings)
     if args.command == "db":
         from farm.db.migrate import upgrade
 
@@ -133,6 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database at head: {settings.database_url}")
         return 0
     return 2
+
+
+def _flower(args, settings) -> int:
+    """Flower with the farm's Celery app (its broker, its queues); it runs until stopped."""
+    try:
+        import flower  # noqa: F401 - only to say what to install
+    except ImportError:
+        print("farm flower: Flower is not installed: pip install 'comfy-farm[flower]'", file=sys.stderr)
+        return 2
+    from farm.queue.celery_app import make_celery
+
+    app = make_celery(settings)
+    argv = ["flower", f"--address={args.address}", f"--port={args.flower_port}"]
+    if args.basic_auth:
+        argv.append(f"--basic_auth={args.basic_auth}")
+    app.start(argv)
+    return 0
 
 
 def _worker(args, settings) -> int:

@@ -89,6 +89,8 @@ class Settings:
     secret_key: str | None = None
     # Dashboard cookies only over HTTPS ("auto": when the request came over HTTPS).
     cookie_secure: str = "auto"
+    # Celery task events (what Flower shows); they cost broker traffic for every prompt.
+    celery_events: bool = False
 
     @property
     def auth_enabled(self) -> bool:
@@ -177,6 +179,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         worker_metrics_addr=get("worker_metrics_addr", "127.0.0.1"),
         secret_key=get("secret_key"),
         cookie_secure=get("cookie_secure", "auto"),
+        celery_events=number("celery_events", _flag, False),
     )
 
 
@@ -283,6 +286,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env["FARM_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port)
     env["FARM_WORKER_METRICS_ADDR"] = settings.worker_metrics_addr
     env["FARM_COOKIE_SECURE"] = settings.cookie_secure
+    env["FARM_CELERY_EVENTS"] = "1" if settings.celery_events else "0"
     if settings.secret_key:
         env["FARM_SECRET_KEY"] = settings.secret_key
     return env

@@ -44,7 +44,9 @@ def make_celery(settings) -> Celery:
         # Threads keep the main thread free for remote control and heartbeats while a prompt runs.
         worker_pool="threads",
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events (for Flower) cost broker traffic for every prompt: off unless asked for.
+        worker_send_task_events=settings.celery_events,
+        task_send_sent_event=settings.celery_events,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "priority_steps": [0, 9],

@@ -57,3 +57,13 @@ def test_database_down_answers_503_in_the_error_shape(tmp_path):
         assert response.status_code == 503
         body = response.get_json()
         assert body["error"]["type"] == "service_unavailable" and body["node_errors"] == {}
+
+
+def test_celery_task_events_are_off_unless_asked_for():
+    from farm.config import load_settings
+    from farm.queue.celery_app import make_celery
+
+    quiet = make_celery(load_settings(env={"FARM_BROKER_URL": "redis://127.0.0.1:6379/0"}))
+    assert quiet.conf.worker_send_task_events is False and quiet.conf.task_send_sent_event is False
+    watched = make_celery(load_settings(env={"FARM_BROKER_URL": "redis://127.0.0.1:6379/0", "FARM_CELERY_EVENTS": "1"}))
+    assert watched.conf.worker_send_task_events is True and watched.conf.task_send_sent_event is True
