@@ -24,17 +24,13 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-import requests
 
-from farm_cluster import ROOT, BenchError, Farm, Processes, first_traceback, postgres_database, redis_database
+from farm_cluster import ROOT, BenchError, Farm, logs_folder, web_farm
 
 
 def workflow() -> dict:
@@ -193,38 +189,15 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    folder = Path(tempfile.mkdtemp(prefix="farm-bench-batches-"))
     result = {"bench": "batches", "cpus": os.cpu_count()}
-    ok = False
-    try:
-        with postgres_database(args.postgres_url) as database_url, redis_database(args.redis_url) as redis_url:
-            env = {"FARM_DATABASE_URL": database_url, "FARM_BROKER_URL": redis_url, "FARM_EVENTS_URL": redis_url,
-                   "FARM_DATA_DIR": str(folder / "data"), "FARM_MODELS_DIR": str(folder / "models")}
-            processes = Processes(folder, env)
-            try:
-                farm = Farm(processes, "batches", database_url)
-                farm.start()
-                print(f"bench: accepting {args.cells}-cell sweeps", file=sys.stderr)
-                result["accept"] = accept(farm, args.cells, args.repeat)
-                print(f"bench: dispatch decisions over {args.queued} queued prompts", file=sys.stderr)
-                result["dispatch"] = decision(database_url, env, args.queued, args.samples)
-                print(f"bench: listing {args.batches} batches", file=sys.stderr)
-                result["list"] = listing(farm, database_url, args.batches)
-            finally:
-                processes.stop()
-        ok = True
-    except (BenchError, requests.RequestException) as error:
-        print(f"bench: FAILED: {error}", file=sys.stderr)
-        hint = first_traceback(folder)
-        if hint:
-            print(f"bench: first traceback in the logs: {hint}", file=sys.stderr)
-    finally:
-        if ok:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"bench: the processes' logs are in {folder}", file=sys.stderr)
-    if not ok:
-        sys.exit(1)
+    with logs_folder("farm-bench-batches-") as folder:
+        with web_farm(folder, "batches", args.postgres_url, args.redis_url) as (farm, database_url, env):
+            print(f"bench: accepting {args.cells}-cell sweeps", file=sys.stderr)
+            result["accept"] = accept(farm, args.cells, args.repeat)
+            print(f"bench: dispatch decisions over {args.queued} queued prompts", file=sys.stderr)
+            result["dispatch"] = decision(database_url, env, args.queued, args.samples)
+            print(f"bench: listing {args.batches} batches", file=sys.stderr)
+            result["list"] = listing(farm, database_url, args.batches)
     accept_s = result["accept"]["seconds"]
     print(f"\naccept a {args.cells}-cell sweep: p50 {accept_s['p50']} s, max {accept_s['max']} s "
           f"({result['accept']['cells_per_s']} cells/s; goal <= 2 s)", file=sys.stderr)

@@ -22,15 +22,13 @@ import datetime as dt
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from batches import fill_batches, summary, workflow
-from farm_cluster import ROOT, BenchError, Farm, Processes, first_traceback, postgres_database, redis_database
+from farm_cluster import ROOT, BenchError, Farm, Processes, logs_folder, postgres_database, redis_database, web_farm
 
 
 def populate(database_url: str, prompts: int, batches: int) -> None:
@@ -153,39 +151,15 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    folder = Path(tempfile.mkdtemp(prefix="farm-bench-dashboard-"))
-    ok, result = False, {"bench": "dashboard", "cpus": os.cpu_count(), "prompts": args.prompts,
-                         "batches": args.batches}
-    try:
+    result = {"bench": "dashboard", "cpus": os.cpu_count(), "prompts": args.prompts, "batches": args.batches}
+    with logs_folder("farm-bench-dashboard-") as folder:
+        with web_farm(folder, "render", args.postgres_url, args.redis_url, web_processes=2) as (farm, database_url, _):
+            print(f"bench: {args.prompts} prompts, {args.batches} batches", file=sys.stderr)
+            populate(database_url, args.prompts, args.batches)
+            result["render_ms"] = render(farm, args.samples)
+        print("bench: live updates in Chromium", file=sys.stderr)
         with redis_database(args.redis_url) as redis_url:
-            with postgres_database(args.postgres_url) as database_url:
-                env = {"FARM_DATABASE_URL": database_url, "FARM_BROKER_URL": redis_url, "FARM_EVENTS_URL": redis_url,
-                       "FARM_DATA_DIR": str(folder / "data"), "FARM_MODELS_DIR": str(folder / "models"),
-                       "FARM_WEB_PROCESSES": "2"}
-                processes = Processes(folder, env)
-                try:
-                    farm = Farm(processes, "render", database_url)
-                    farm.start()
-                    print(f"bench: {args.prompts} prompts, {args.batches} batches", file=sys.stderr)
-                    populate(database_url, args.prompts, args.batches)
-                    result["render_ms"] = render(farm, args.samples)
-                finally:
-                    processes.stop()
-            print("bench: live updates in Chromium", file=sys.stderr)
             result["live"] = live(folder, args.cells, args.cell_ms, redis_url, args.postgres_url)
-        ok = True
-    except BenchError as error:
-        print(f"bench: FAILED: {error}", file=sys.stderr)
-        hint = first_traceback(folder)
-        if hint:
-            print(f"bench: first traceback in the logs: {hint}", file=sys.stderr)
-    finally:
-        if ok:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"bench: the processes' logs are in {folder}", file=sys.stderr)
-    if not ok:
-        sys.exit(1)
     for name, ms in result["render_ms"].items():
         print(f"render {name}: p50 {ms['p50']} ms, p99 {ms['p99']} ms (goal <= 300 ms)", file=sys.stderr)
     ms = result["live"]["latency_ms"]

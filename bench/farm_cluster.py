@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -46,6 +48,50 @@ def first_traceback(folder: Path) -> str | None:
                 exception = rest[end] if end < len(rest) else ""
                 return f"{log.name}, line {index + 1}: {frames[-1] if frames else ''}: {exception}"
     return None
+
+
+@contextlib.contextmanager
+def logs_folder(prefix: str, keep: bool = False):
+    """A temporary folder for a bench's process logs. On success it is removed (unless `keep`); on a
+    BenchError or Ctrl-C the failure and the first traceback in the logs are printed, the folder is
+    kept and printed, and the bench exits with code 1."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    ok = False
+    try:
+        yield folder
+        ok = True
+    except (BenchError, requests.RequestException) as error:
+        print(f"bench: FAILED: {error}", file=sys.stderr)
+        hint = first_traceback(folder)
+        if hint:
+            print(f"bench: first traceback in the logs: {hint}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+    finally:
+        if ok and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            print(f"bench: the processes' logs are in {folder}", file=sys.stderr)
+    if not ok:
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def web_farm(folder: Path, label: str, postgres_url: str, redis_url: str, **settings):
+    """One `farm web` (no workers) on a throwaway PostgreSQL database and a flushed Redis database
+    (broker and events), settings given as FARM_* values; yields (farm, database URL, environment)
+    and stops the processes at the end."""
+    with postgres_database(postgres_url) as database_url, redis_database(redis_url) as redis:
+        env = {"FARM_DATABASE_URL": database_url, "FARM_BROKER_URL": redis, "FARM_EVENTS_URL": redis,
+               "FARM_DATA_DIR": str(folder / label / "data"), "FARM_MODELS_DIR": str(folder / "models"),
+               **{f"FARM_{key.upper()}": str(value) for key, value in settings.items()}}
+        processes = Processes(folder, env)
+        try:
+            farm = Farm(processes, label, database_url)
+            farm.start()
+            yield farm, database_url, env
+        finally:
+            processes.stop()
 
 
 # services: a throwaway database, Redis database and vhost --------------------------------------

@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from batches import fill_batches, fill_queue, summary
-from farm_cluster import ROOT, BenchError, Farm, Processes, first_traceback, postgres_database, redis_database
+from farm_cluster import ROOT, BenchError, logs_folder, web_farm
 
 
 def main() -> None:
@@ -32,45 +29,22 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    folder = Path(tempfile.mkdtemp(prefix="farm-bench-metrics-"))
-    ok, result = False, {"bench": "metrics_scrape", "cpus": os.cpu_count(), "prompts": args.prompts,
-                         "batches": args.batches, "workers": args.workers}
-    try:
-        with postgres_database(args.postgres_url) as database_url, redis_database(args.redis_url) as redis_url:
-            env = {"FARM_DATABASE_URL": database_url, "FARM_BROKER_URL": redis_url, "FARM_EVENTS_URL": redis_url,
-                   "FARM_DATA_DIR": str(folder / "data"), "FARM_MODELS_DIR": str(folder / "models"),
-                   "FARM_WEB_PROCESSES": "2"}
-            processes = Processes(folder, env)
-            try:
-                farm = Farm(processes, "metrics", database_url)
-                farm.start()
-                populate(database_url, args)
-                timings = []
-                for index in range(args.samples + 5):
-                    started = time.perf_counter()
-                    answer = farm.session.get(f"{farm.url}/metrics", timeout=60)
-                    elapsed = (time.perf_counter() - started) * 1000
-                    if answer.status_code != 200 or "farm_prompts" not in answer.text:
-                        raise BenchError(f"/metrics: {answer.status_code} {answer.text[:300]}")
-                    if index >= 5:
-                        timings.append(elapsed)
-                result["scrape_ms"] = summary(timings)
-                result["bytes"] = len(answer.content)
-            finally:
-                processes.stop()
-        ok = True
-    except BenchError as error:
-        print(f"bench: FAILED: {error}", file=sys.stderr)
-        hint = first_traceback(folder)
-        if hint:
-            print(f"bench: first traceback in the logs: {hint}", file=sys.stderr)
-    finally:
-        if ok:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"bench: the processes' logs are in {folder}", file=sys.stderr)
-    if not ok:
-        sys.exit(1)
+    result = {"bench": "metrics_scrape", "cpus": os.cpu_count(), "prompts": args.prompts,
+              "batches": args.batches, "workers": args.workers}
+    with logs_folder("farm-bench-metrics-") as folder:
+        with web_farm(folder, "metrics", args.postgres_url, args.redis_url, web_processes=2) as (farm, database_url, _):
+            populate(database_url, args)
+            timings = []
+            for index in range(args.samples + 5):
+                started = time.perf_counter()
+                answer = farm.session.get(f"{farm.url}/metrics", timeout=60)
+                elapsed = (time.perf_counter() - started) * 1000
+                if answer.status_code != 200 or "farm_prompts" not in answer.text:
+                    raise BenchError(f"/metrics: {answer.status_code} {answer.text[:300]}")
+                if index >= 5:
+                    timings.append(elapsed)
+            result["scrape_ms"] = summary(timings)
+            result["bytes"] = len(answer.content)
     ms = result["scrape_ms"]
     print(f"/metrics with {args.prompts} prompts, {args.batches} batches, {args.workers} workers: "
           f"p50 {ms['p50']} ms, p99 {ms['p99']} ms ({result['bytes']} bytes; goal <= 50 ms)", file=sys.stderr)

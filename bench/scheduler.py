@@ -46,11 +46,9 @@ import os
 import platform
 import queue
 import random
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -59,8 +57,7 @@ from pathlib import Path
 
 import requests
 
-from farm_cluster import (ROOT, BenchError, Farm, Processes, database, first_traceback, rabbitmq_vhost,
-                          redis_database)
+from farm_cluster import ROOT, BenchError, Farm, Processes, database, logs_folder, rabbitmq_vhost, redis_database
 
 VALUES = itertools.count(random.randrange(1 << 30))  # a new Sleep value per prompt: no cache hits
 
@@ -405,29 +402,12 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))  # the farm under test (and its tests.nodepack) is the one next to this file
     # SIGTERM ends the run as Ctrl-C does: through the finally blocks that stop and remove everything.
     signal.signal(signal.SIGTERM, _interrupt)
-    folder = Path(tempfile.mkdtemp(prefix="farm-bench-scheduler-"))
     result = {"bench": "scheduler", "database": args.database, "sleep_ms": args.sleep_ms,
               "per_worker": args.per_worker, "cpus": os.cpu_count(), "python": platform.python_version(),
               "brokers": {}}
-    ok = False
-    try:
+    with logs_folder("farm-bench-scheduler-", keep=args.keep_logs) as folder:
         for broker in brokers:
             run_broker(broker, args, folder, result)
-        ok = True
-    except BenchError as error:
-        print(f"bench: FAILED: {error}", file=sys.stderr)
-        hint = first_traceback(folder)
-        if hint:
-            print(f"bench: first traceback in the logs: {hint}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-    finally:
-        if ok and not args.keep_logs:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"bench: the processes' logs are in {folder}", file=sys.stderr)
-    if not ok:
-        sys.exit(1)
     print_table(result)
     print(json.dumps(result))
 

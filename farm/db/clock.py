@@ -28,6 +28,7 @@ class seconds_ago(FunctionElement):
 
     type = UTCDateTime()
     inherit_cache = True
+    sign = "-"
 
 
 @compiles(db_now)
@@ -46,31 +47,22 @@ def _now_sqlite(element, compiler, **kw):
     return _SQLITE_NOW.format(shift="")
 
 
+class seconds_from_now(seconds_ago):
+    """The database's now plus a number of seconds given as the only argument."""
+
+    inherit_cache = True
+    sign = "+"
+
+
+# One compilation for both directions: `sign` says which.
 @compiles(seconds_ago, "postgresql")
-def _ago_postgresql(element, compiler, **kw):
-    return f"(statement_timestamp() - make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+def _shifted_postgresql(element, compiler, **kw):
+    return f"(statement_timestamp() {element.sign} make_interval(secs => {compiler.process(element.clauses, **kw)}))"
 
 
 @compiles(seconds_ago, "sqlite")
-def _ago_sqlite(element, compiler, **kw):
-    return _SQLITE_NOW.format(shift=f", '-' || ({compiler.process(element.clauses, **kw)}) || ' seconds'")
-
-
-class seconds_from_now(FunctionElement):
-    """The database's now plus a number of seconds given as the only argument."""
-
-    type = UTCDateTime()
-    inherit_cache = True
-
-
-@compiles(seconds_from_now, "postgresql")
-def _later_postgresql(element, compiler, **kw):
-    return f"(statement_timestamp() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
-
-
-@compiles(seconds_from_now, "sqlite")
-def _later_sqlite(element, compiler, **kw):
-    return _SQLITE_NOW.format(shift=f", '+' || ({compiler.process(element.clauses, **kw)}) || ' seconds'")
+def _shifted_sqlite(element, compiler, **kw):
+    return _SQLITE_NOW.format(shift=f", '{element.sign}' || ({compiler.process(element.clauses, **kw)}) || ' seconds'")
 
 
 def later(seconds: float):
