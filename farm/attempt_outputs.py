@@ -2,27 +2,17 @@
 
 A worker killed after saving an image but before recording the prompt's end leaves that image
 behind, and the next attempt saves its own. So every name an attempt is about to create is first
-appended to that attempt's journal (`temp/.attempts/<prompt_id>.<attempt>`, in the storage all
-workers share). The next attempt, once it has claimed the prompt, deletes what earlier attempts
-journaled; the attempt whose end is recorded drops its journal and keeps its files; a reap that
-gives a prompt up deletes every attempt's files.
+appended to that attempt's journal (`<prompt_id>.<attempt>`, kept by the storage all workers share:
+a file in temp/.attempts on disk, objects under .attempts/ in a bucket). The next attempt, once it
+has claimed the prompt, deletes what earlier attempts journaled; the attempt whose end is recorded
+drops its journal and keeps its files; a reap that gives a prompt up deletes every attempt's files.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-FOLDER = ".attempts"
-
-
-def _journals(storage) -> Path:
-    folder = storage.root("temp") / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 class AttemptOutputs:
@@ -33,7 +23,7 @@ class AttemptOutputs:
         self._shared = storage
         self._team = team or ""
         self._storage = storage.for_team(team)
-        self.path = _journals(storage) / f"{prompt_id}.{attempt}"
+        self.journal = f"{prompt_id}.{attempt}"
 
     def __getattr__(self, name):
         return getattr(self._storage, name)
@@ -42,49 +32,36 @@ class AttemptOutputs:
         return self._storage.write_numbered(kind, subfolder, basename, suffix, data, before_create=self._journal)
 
     def _journal(self, kind: str, subfolder: str, filename: str) -> None:
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, f"{self._team}\t{kind}\t{subfolder}\t{filename}\n".encode())
-        finally:
-            os.close(descriptor)
+        self._shared.journal_append(self.journal, f"{self._team}\t{kind}\t{subfolder}\t{filename}")
 
     def keep(self) -> None:
         """The attempt's end is recorded: its outputs are the prompt's."""
-        self.path.unlink(missing_ok=True)
+        self._shared.journal_drop(self.journal)
 
     def discard(self) -> None:
         """The attempt's end was refused (stale) or it was put back: its outputs go."""
-        _discard(self._shared, self.path)
+        _discard(self._shared, self.journal)
 
 
 def discard_attempts(storage, prompt_id: str, keep: int | None = None) -> int:
     """Delete the outputs journaled by `prompt_id`'s attempts other than `keep`; return how many."""
     removed = 0
-    for journal in _journals(storage).glob(f"{prompt_id}.*"):
-        if keep is None or journal.name != f"{prompt_id}.{keep}":
+    for journal in storage.journal_names(f"{prompt_id}."):
+        if keep is None or journal != f"{prompt_id}.{keep}":
             removed += _discard(storage, journal)
     if removed:
         log.info("removed %d output(s) of other attempts of %s", removed, prompt_id)
     return removed
 
 
-def _discard(storage, journal: Path) -> int:
+def _discard(storage, journal: str) -> int:
     removed = 0
-    try:
-        lines = journal.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return 0
-    for line in lines:
+    for line in storage.journal_lines(journal):
         try:
             fields = line.split("\t")
             team, kind, subfolder, filename = fields if len(fields) == 4 else ["", *fields]  # before teams: 3
-            path = storage.for_team(team).resolve(kind, subfolder, filename)
+            removed += storage.for_team(team).delete(kind, subfolder, filename)
         except ValueError:
             continue  # a torn last line, or a name the store refuses: nothing of ours
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    journal.unlink(missing_ok=True)
+    storage.journal_drop(journal)
     return removed

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                              auth=getattr(args, "auth", None))
     configure_logging(settings.verbose)
 
+    if args.command in ("up", "web", "worker") and not _storage_ready(settings, args.command):
+        return 2
     if args.command == "up":
         from farm.supervisor import run_farm
         from farm.worker.device import visible_gpus
@@ -143,6 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database at head: {settings.database_url}")
         return 0
     return 2
+
+
+def _storage_ready(settings, command: str) -> bool:
+    """Whether the store the settings name takes files; said and refused at start otherwise (a
+    missing bucket or denied access must not wait for the first image to be found out)."""
+    from farm.storage import StorageUnavailable, make_storage
+
+    try:
+        make_storage(settings).check_available()
+    except StorageUnavailable as error:
+        print(f"farm {command}: error: {error}", file=sys.stderr)
+        return False
+    except ImportError:
+        print(f"farm {command}: error: FARM_STORAGE_URL names S3 but boto3 is not installed: "
+              "pip install 'comfy-farm[s3]'", file=sys.stderr)
+        return False
+    return True
 
 
 def _flower(args, settings) -> int:

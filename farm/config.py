@@ -91,6 +91,14 @@ class Settings:
     cookie_secure: str = "auto"
     # Celery task events (what Flower shows); they cost broker traffic for every prompt.
     celery_events: bool = False
+    # Where inputs, outputs and temp files live: None for the local folders above, or
+    # "s3://bucket/prefix" for an S3-compatible store (credentials: the usual AWS variables/files).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None  # MinIO, Ceph, R2 ...; None for AWS
+    s3_region: str | None = None
+    # /view answers with a redirect to a time-limited URL of the object instead of streaming it.
+    s3_presign: bool = False
+    s3_presign_seconds: int = 3600
 
     @property
     def auth_enabled(self) -> bool:
@@ -180,10 +188,23 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         secret_key=get("secret_key"),
         cookie_secure=get("cookie_secure", "auto"),
         celery_events=number("celery_events", _flag, False),
+        storage_url=_storage_url(get("storage_url")),
+        s3_endpoint_url=get("s3_endpoint_url"),
+        s3_region=get("s3_region"),
+        s3_presign=number("s3_presign", _flag, False),
+        s3_presign_seconds=number("s3_presign_seconds", int, 3600),
     )
 
 
 AUTH_MODES = ("auto", "on", "off")
+
+
+def _storage_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not value.startswith("s3://") or len(value) <= len("s3://") or value[5] == "/":
+        raise ValueError(f"FARM_STORAGE_URL must look like s3://bucket/prefix, not {value!r}")
+    return value
 
 
 def loopback_only(host: str) -> bool:
@@ -289,4 +310,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env["FARM_CELERY_EVENTS"] = "1" if settings.celery_events else "0"
     if settings.secret_key:
         env["FARM_SECRET_KEY"] = settings.secret_key
+    for name in ("storage_url", "s3_endpoint_url", "s3_region"):
+        if getattr(settings, name):
+            env["FARM_" + name.upper()] = getattr(settings, name)
+    env["FARM_S3_PRESIGN"] = "1" if settings.s3_presign else "0"
+    env["FARM_S3_PRESIGN_SECONDS"] = str(settings.s3_presign_seconds)
     return env

@@ -55,6 +55,9 @@ def format_summary(settings: Settings, names: list[str], devices: dict[str, str]
         lines.append(f"  {'workers:' if index == 0 else '':<9}{name} ({device})")
     lines.append(f"  models:  {models_line(settings.models_dir)}")
     lines.append(f"  data:    {settings.data_dir}")
+    if settings.storage_url:
+        where = f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
+        lines.append(f"  files:   {settings.storage_url}{where}")
     lines.append(f"  auth:    {auth_line(settings)}")
     return "\n".join(lines)
 

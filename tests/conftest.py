@@ -90,3 +90,22 @@ class RecordingControl:
 def control(context):
     context.control = RecordingControl()
     return context.control
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server for the whole session (tests make buckets of their own)."""
+    from tests.s3_server import running_s3_server
+
+    with running_s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The AWS variables that reach `s3_server` from this process and its children."""
+    from tests.s3_server import CREDENTIALS
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return {**CREDENTIALS}

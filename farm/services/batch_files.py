@@ -86,16 +86,23 @@ def zip_stream(database, storage, batch_id: str):
             names = []
             if state == PromptState.SUCCESS.value:
                 for item in _files(outputs):
+                    ref = (item.get("type", "output"), item.get("subfolder", ""), item["filename"])
                     try:
-                        path = storage.resolve(item.get("type", "output"), item.get("subfolder", ""), item["filename"])
-                    except PathRejected:
-                        continue
-                    if not path.is_file():
+                        stored = storage.stat(*ref)
+                    except (PathRejected, FileNotFoundError):
                         continue
                     name = "/".join(part for part in (f"cell-{index:05d}", item.get("subfolder", ""),
                                                       item["filename"]) if part)
+                    entry = zipfile.ZipInfo(name, date_time=stored.modified.timetuple()[:6])
                     # Images are compressed already: stored, not deflated (cheaper, no bigger).
-                    archive.write(path, name)
+                    entry.compress_type = zipfile.ZIP_STORED
+                    try:
+                        with storage.open(*ref) as source, archive.open(entry, "w", force_zip64=True) as target:
+                            while chunk := source.read(1 << 20):
+                                target.write(chunk)
+                                yield sink.take()
+                    except FileNotFoundError:
+                        continue  # deleted between the two looks
                     names.append(name)
                     yield sink.take()
             table.writerow([index, prompt_id, state, json.dumps(values or {}, sort_keys=True), " ".join(names)])
@@ -180,8 +187,8 @@ def _axis_values(spec) -> list:
 def _first_image(storage, outputs: dict | None) -> Image.Image | None:
     for item in _files(outputs, IMAGE_KINDS):
         try:
-            path = storage.resolve(item.get("type", "output"), item.get("subfolder", ""), item["filename"])
-            with Image.open(path) as image:
+            with storage.open(item.get("type", "output"), item.get("subfolder", ""), item["filename"]) as handle, \
+                    Image.open(handle) as image:
                 image.draft("RGB", (TILE, TILE))  # JPEGs decode small at once
                 return image.convert("RGB")
         except (OSError, ValueError, PathRejected, Image.DecompressionBombError):

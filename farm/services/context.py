@@ -11,7 +11,7 @@ from farm.nodes.registry import NodeRegistry, default_registry, node_module_clas
 from farm.queue.dispatch import Dispatcher, team_book
 from farm.queue.fair_share import TeamBook
 from farm.services.submit import ModelNeedsIds
-from farm.storage import LocalStorage
+from farm.storage import LocalStorage, make_storage
 
 
 @dataclasses.dataclass
@@ -19,7 +19,7 @@ class FarmContext:
     settings: object
     database: Database
     registry: NodeRegistry
-    storage: LocalStorage
+    storage: LocalStorage  # or S3Storage: the same methods
     node_env: NodeEnvironment
     dispatcher: Dispatcher | None = None
     trigger: object | None = None  # DispatchTrigger in web processes
@@ -99,7 +99,7 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
     from farm.services.model_inventory import WorkerModelInventory
 
     database = make_database(settings.database_url)
-    storage = LocalStorage.from_settings(settings)
+    storage = make_storage(settings)
     models = models if models is not None else WorkerModelInventory(database, settings)
     context = FarmContext(
         settings=settings,

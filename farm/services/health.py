@@ -1,4 +1,4 @@
-"""Readiness: can this process serve (database reachable and migrated, broker reachable)?
+"""Readiness: can this process serve (database reachable and migrated, broker and storage reachable)?
 
 Checked at most every CHECK_SECONDS per process, so a probe storm does not become a database or
 broker storm; a failed check is retried on the next probe.
@@ -13,8 +13,9 @@ CHECK_SECONDS = 2.0
 
 
 class Readiness:
-    def __init__(self, database, sender=None, ttl: float = CHECK_SECONDS):
+    def __init__(self, database, sender=None, ttl: float = CHECK_SECONDS, storage=None):
         self.database = database
+        self.storage = storage
         self.sender = sender  # something with warm_up() that opens a broker connection (CelerySender)
         self.ttl = ttl
         self._migrated = False  # once at head, a running process stays at head
@@ -26,7 +27,7 @@ class Readiness:
         with self._lock:
             if self._result is not None and time.monotonic() - self._result[0] < self.ttl:
                 return self._result[1], self._result[2]
-            checks = {"database": self._database(), "broker": self._broker()}
+            checks = {"database": self._database(), "broker": self._broker(), "storage": self._storage()}
             ready = all(value == "ok" for value in checks.values())
             self._result = (time.monotonic(), ready, checks)
             return ready, checks
@@ -54,4 +55,13 @@ class Readiness:
             self.sender.warm_up()
         except Exception as error:  # noqa: BLE001
             return f"unreachable: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        return "ok"
+
+    def _storage(self) -> str:
+        if self.storage is None:
+            return "ok"
+        try:
+            self.storage.check_available(write=False)  # a HEAD per probe; the start checked writing
+        except Exception as error:  # noqa: BLE001
+            return str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         return "ok"

@@ -191,7 +191,7 @@ def test_farm_up_reachable_from_the_network_turns_keys_on_and_still_starts(tmp_p
         assert requests.get(f"{farm.url}/queue", timeout=5).status_code == 401
         assert requests.get(f"{farm.url}/healthz", timeout=5).json() == {"status": "ok"}
         ready = requests.get(f"{farm.url}/readyz", timeout=5).json()
-        assert ready == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+        assert ready == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
         made = subprocess.run([sys.executable, "-m", "farm.cli", "keys", "create", "--team", "default"],
                               env={**os.environ, **farm_env(data)}, capture_output=True, text=True, timeout=60)
         key = made.stdout.strip()

@@ -24,7 +24,7 @@ def test_probes_need_no_key_even_with_auth_on(settings, sender):
         client = create_app(context.settings, context=context).test_client()
         assert client.get("/queue").status_code == 401
         assert client.get("/healthz").get_json() == {"status": "ok"}
-        assert client.get("/readyz").get_json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+        assert client.get("/readyz").get_json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
     finally:
         context.database.dispose()
 
@@ -32,7 +32,7 @@ def test_probes_need_no_key_even_with_auth_on(settings, sender):
 def test_not_ready_says_why(context, tmp_path):
     from farm.db.session import make_database
 
-    assert Readiness(context.database, Broker(True)).check() == (True, {"database": "ok", "broker": "ok"})
+    assert Readiness(context.database, Broker(True)).check() == (True, {"database": "ok", "broker": "ok", "storage": "ok"})
     ready, checks = Readiness(context.database, Broker(False)).check()
     assert not ready and checks["broker"] == "unreachable: ConnectionRefusedError: Connection refused"
     empty = make_database(f"sqlite:///{tmp_path / 'empty.db'}")

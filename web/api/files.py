@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from pathlib import Path
 
-from flask import Blueprint, Response, request, send_file
+from flask import Blueprint, Response, redirect, request, send_file
 from PIL import Image
 
-from farm.storage import KINDS, PathRejected, content_type
+from farm.storage import KINDS, PathRejected, StoredFile, content_type
+from web.stored_responses import stream_stored
 from web.auth import principal
 from web.context import farm
 from web.errors import error_response
@@ -49,8 +50,26 @@ def team_storage():
     return farm().storage.for_team(who.team)
 
 
-def locate(filename: str, kind: str, subfolder: str) -> tuple[Path, str]:
-    """The existing file named like /view names it, and its basename; the checks in ComfyUI's order."""
+@dataclasses.dataclass(frozen=True)
+class Located:
+    """A stored file /view found: where it is, its plain name, and its size and validator."""
+
+    storage: object
+    kind: str
+    subfolder: str
+    name: str
+    info: StoredFile
+
+    @property
+    def ref(self) -> tuple[str, str, str]:
+        return self.kind, self.subfolder, self.name
+
+    def open(self):
+        return self.storage.open(*self.ref)
+
+
+def locate(filename: str, kind: str, subfolder: str) -> Located:
+    """The existing file named like /view names it; the checks in ComfyUI's order."""
     for annotation, annotated_kind in ANNOTATIONS.items():
         if filename.endswith(annotation):
             filename, kind = filename[: -len(annotation)], annotated_kind
@@ -61,17 +80,18 @@ def locate(filename: str, kind: str, subfolder: str) -> tuple[Path, str]:
         raise FileRefError(400, "invalid_type", "Invalid file type", f"type must be one of {list(KINDS)}")
     storage = team_storage()
     try:
-        storage.folder(kind, subfolder)
+        storage.check_folder(kind, subfolder)
     except PathRejected as exception:
         raise FileRefError(403, "forbidden", "Subfolder outside the storage", str(exception)) from None
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]  # ComfyUI keeps only the basename
     try:
-        path = storage.resolve(kind, subfolder, name)
+        info = storage.stat(kind, subfolder, name)
     except PathRejected as exception:
         raise FileRefError(403, "forbidden", "Path outside the storage", str(exception)) from None
-    if not path.is_file():
-        raise FileRefError(404, "not_found", "File not found", f"{kind}/{subfolder}/{name}".replace("//", "/"))
-    return path, name
+    except FileNotFoundError:
+        raise FileRefError(404, "not_found", "File not found",
+                           f"{kind}/{subfolder}/{name}".replace("//", "/")) from None
+    return Located(storage, kind, subfolder, name, info)
 
 
 @blueprint.get("/view")
@@ -80,14 +100,15 @@ def view():
     if filename is None:
         return error_response(404, "not_found", "No filename given", "the filename parameter is required")
     try:
-        path, name = locate(filename, request.args.get("type", "output"), request.args.get("subfolder", ""))
+        found = locate(filename, request.args.get("type", "output"), request.args.get("subfolder", ""))
     except FileRefError as failure:
         return failure.response()
+    name = found.name
 
     preview, channel = request.args.get("preview"), request.args.get("channel", "rgba")
     if preview is not None or channel in ("rgb", "a"):
         try:
-            with Image.open(path) as image:
+            with found.open() as handle, Image.open(handle) as image:
                 if preview is not None:
                     body, fmt = _preview(image, preview, request.args.get("channel", ""))
                 else:
@@ -102,10 +123,17 @@ def view():
 
     mimetype = content_type(name)
     active = mimetype in ACTIVE_TYPES
-    response = send_file(path, mimetype="application/octet-stream" if active else mimetype,
-                         conditional=True, etag=True, max_age=None)
-    disposition = "attachment; " if active else ""
-    response.headers["Content-Disposition"] = f'{disposition}filename="{name}"'
+    mimetype = "application/octet-stream" if active else mimetype
+    disposition = f'{"attachment; " if active else ""}filename="{name}"'
+    presigned = found.storage.presigned_url(*found.ref, mimetype=mimetype, disposition=disposition)
+    if presigned:
+        return redirect(presigned, code=302)
+    path = found.storage.local_path(*found.ref)
+    if path is not None:
+        response = send_file(path, mimetype=mimetype, conditional=True, etag=True, max_age=None)
+    else:
+        response = stream_stored(found.storage, found.ref, found.info, mimetype)
+    response.headers["Content-Disposition"] = disposition
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 

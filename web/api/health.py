@@ -18,7 +18,7 @@ def _readiness() -> Readiness:
     if found is None:
         context = farm()
         found = current_app.extensions["farm_readiness"] = Readiness(
-            context.database, getattr(context.dispatcher, "sender", None))
+            context.database, getattr(context.dispatcher, "sender", None), storage=context.storage)
     return found
 
 

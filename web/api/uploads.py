@@ -54,13 +54,13 @@ def upload_image():
 @blueprint.post("/upload/mask")
 def upload_mask():
     part, name, kind, subfolder, overwrite = _fields()
-    original_path = _original(request.form.get("original_ref"))
+    original = _original(request.form.get("original_ref"))
     try:
         with Image.open(part.stream) as mask:
             alpha = mask.convert("RGBA").getchannel("A")
-        with Image.open(original_path) as original:
-            text = dict(getattr(original, "text", {}))
-            composed = original.convert("RGBA")
+        with original.open() as handle, Image.open(handle) as image:
+            text = dict(getattr(image, "text", {}))
+            composed = image.convert("RGBA")
     except UNREADABLE_IMAGE as exception:
         raise UploadError(400, "invalid_image", "The mask or the original is not a readable image",
                           str(exception)) from None
@@ -94,7 +94,7 @@ def _fields():
 
 
 def _original(reference: str | None):
-    """The path of the image `original_ref` names, checked as /view checks its parameters."""
+    """The image `original_ref` names, checked as /view checks its parameters."""
     try:
         ref = json.loads(reference) if reference else None
     except (TypeError, json.JSONDecodeError):
@@ -103,8 +103,7 @@ def _original(reference: str | None):
             or not all(isinstance(ref.get(key, ""), str) for key in ("subfolder", "type")):
         raise UploadError(400, "invalid_original_ref", "original_ref must be a JSON object naming an image",
                           '{"filename": str, "subfolder"?: str, "type"?: str}')
-    path, _ = locate(ref["filename"], ref.get("type", "output"), ref.get("subfolder", ""))
-    return path
+    return locate(ref["filename"], ref.get("type", "output"), ref.get("subfolder", ""))
 
 
 def _store(kind: str, subfolder: str, name: str, stream, overwrite: bool):

@@ -1,49 +1,25 @@
-"""Where inputs, outputs and temp files live, addressed as (type, subfolder, filename) like ComfyUI.
+"""Inputs, outputs and temp files in local folders (one per type), shared by the hosts that mount them.
 
 Every path handed out is resolved with symlinks followed and must stay inside its folder, so no
 request (`..`, absolute paths, symlinks planted in a folder) reaches anything outside the store.
-`LocalStorage` is a folder per type; an S3 backend will implement the same methods.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-import mimetypes
 import os
-import re
 import secrets
 import shutil
 import threading
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-KINDS = ("output", "input", "temp")
-DEFAULT_TEAM = "default"
-TEAM_FOLDER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from farm.storage.paths import (
+    DEFAULT_TEAM, PathRejected, StoredFile, check_filename, check_kind, check_team, is_image_name, numbered_pattern,
+)
 
-
-class PathRejected(ValueError):
-    """A (type, subfolder, filename) that would leave the store or is malformed."""
-
-
-class Storage(Protocol):
-    def resolve(self, kind: str, subfolder: str, filename: str) -> Path: ...
-    def open(self, kind: str, subfolder: str, filename: str) -> BinaryIO: ...
-    def exists(self, kind: str, subfolder: str, filename: str) -> bool: ...
-    def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes,
-                       before_create=None) -> str: ...
-    def list_images(self, kind: str) -> list[str]: ...
-    def save_upload(self, kind: str, subfolder: str, filename: str, stream: BinaryIO, overwrite: bool) -> str: ...
-
-
-def split_prefix(prefix: str) -> tuple[str, str]:
-    """SaveImage's filename_prefix: "portraits/run1/img" -> ("portraits/run1", "img")."""
-    normalized = os.path.normpath(prefix.replace("\\", "/"))
-    subfolder, basename = os.path.split(normalized)
-    if os.path.isabs(normalized) or normalized == ".." or normalized.startswith("../"):
-        raise PathRejected("Saving image outside the output folder is not allowed.")
-    return subfolder, basename
+JOURNALS = ".attempts"  # attempt journals, in the temp folder
 
 
 class LocalStorage:
@@ -63,6 +39,12 @@ class LocalStorage:
         return cls({"output": settings.output_dir, "input": settings.input_dir, "temp": settings.temp_dir},
                    teams_root=settings.data_dir / "teams")
 
+    def describe(self) -> str:
+        return f"local folders ({self.roots['output']}, ...)"
+
+    def check_available(self, write: bool = True) -> None:
+        """Local folders are created on demand: there is nothing to check before the first file."""
+
     def for_team(self, team: str | None) -> "LocalStorage":
         """The storage `team` reads and writes: these roots for the default team, its own folders
         for any other."""
@@ -70,16 +52,12 @@ class LocalStorage:
             return self
         found = self._teams.get(team)
         if found is None:
-            if not TEAM_FOLDER.match(team):
-                raise PathRejected(f"invalid team name {team!r}")
-            found = LocalStorage({kind: self.teams_root / team / kind for kind in self.roots})
+            found = LocalStorage({kind: self.teams_root / check_team(team) / kind for kind in self.roots})
             self._teams = {**self._teams, team: found}  # replaced, not changed: read without a lock
         return found
 
     def root(self, kind: str) -> Path:
-        if kind not in self.roots:
-            raise PathRejected(f"unknown file type {kind!r}")
-        root = self.roots[kind]
+        root = self.roots[check_kind(kind)]
         root.mkdir(parents=True, exist_ok=True)
         return root.resolve()
 
@@ -94,9 +72,12 @@ class LocalStorage:
             raise PathRejected(f"subfolder {subfolder!r} leaves the {kind} folder")
         return folder
 
+    def check_folder(self, kind: str, subfolder: str) -> None:
+        """Raise PathRejected unless (kind, subfolder) names a folder inside the store."""
+        self.folder(kind, subfolder)
+
     def resolve(self, kind: str, subfolder: str, filename: str) -> Path:
-        if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\x00" in filename:
-            raise PathRejected(f"invalid filename {filename!r}")
+        check_filename(filename)
         folder = self.folder(kind, subfolder)
         path = (folder / filename).resolve()
         root = self.root(kind)
@@ -104,11 +85,38 @@ class LocalStorage:
             raise PathRejected(f"{filename!r} leaves the {kind} folder")
         return path
 
+    def local_path(self, kind: str, subfolder: str, filename: str) -> Path:
+        """The file's path, for readers that do better with one (sendfile, zip)."""
+        return self.resolve(kind, subfolder, filename)
+
     def exists(self, kind: str, subfolder: str, filename: str) -> bool:
         return self.resolve(kind, subfolder, filename).is_file()
 
+    def stat(self, kind: str, subfolder: str, filename: str) -> StoredFile:
+        """Size, validator and time of the file; FileNotFoundError when there is none."""
+        path = self.resolve(kind, subfolder, filename)
+        if not path.is_file():
+            raise FileNotFoundError(f"{kind}/{subfolder}/{filename}")
+        info = path.stat()
+        return StoredFile(info.st_size, f"{info.st_mtime_ns:x}-{info.st_size:x}",
+                          datetime.datetime.fromtimestamp(info.st_mtime, datetime.timezone.utc))
+
     def open(self, kind: str, subfolder: str, filename: str) -> BinaryIO:
-        return open(self.resolve(kind, subfolder, filename), "rb")
+        """The file for reading (seekable); FileNotFoundError when there is none."""
+        path = self.resolve(kind, subfolder, filename)
+        if path.is_dir():
+            raise FileNotFoundError(f"{kind}/{subfolder}/{filename} is a folder")
+        return open(path, "rb")
+
+    def delete(self, kind: str, subfolder: str, filename: str) -> bool:
+        try:
+            self.resolve(kind, subfolder, filename).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def presigned_url(self, kind: str, subfolder: str, filename: str, **_headers) -> None:
+        return None  # files on disk are served by the web process itself
 
     def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes,
                        before_create=None) -> str:
@@ -142,7 +150,7 @@ class LocalStorage:
 
     @staticmethod
     def _scan_counter(folder: Path, basename: str) -> int:
-        pattern = re.compile(re.escape(basename) + r"_(\d+)_")
+        pattern = numbered_pattern(basename)
         highest = 0
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -190,11 +198,37 @@ class LocalStorage:
             temporary.unlink(missing_ok=True)
 
     def list_images(self, kind: str) -> list[str]:
+        """The image files at the top of the type's folder, sorted (LoadImage's choices)."""
         root = self.root(kind)
-        return sorted(
-            entry.name for entry in os.scandir(root)
-            if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
-        )
+        return sorted(entry.name for entry in os.scandir(root) if entry.is_file() and is_image_name(entry.name))
+
+    # Attempt journals (farm.attempt_outputs): small append-only files in temp/.attempts, shared
+    # by every worker that mounts the folders.
+
+    def _journals(self) -> Path:
+        folder = self.root("temp") / JOURNALS
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def journal_append(self, name: str, line: str) -> None:
+        descriptor = os.open(self._journals() / check_filename(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, (line + "\n").encode())
+        finally:
+            os.close(descriptor)
+
+    def journal_names(self, prefix: str) -> list[str]:
+        with os.scandir(self._journals()) as entries:
+            return [entry.name for entry in entries if entry.name.startswith(prefix)]
+
+    def journal_lines(self, name: str) -> list[str]:
+        try:
+            return (self._journals() / check_filename(name)).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def journal_drop(self, name: str) -> None:
+        (self._journals() / check_filename(name)).unlink(missing_ok=True)
 
 
 def _copy_hashing(source: BinaryIO, target: BinaryIO) -> str:
@@ -222,8 +256,3 @@ def _link_exclusively(source: Path, target: Path) -> None:
         # Filesystems without hard links: an exclusive create still never replaces a file.
         with open(source, "rb") as reader, open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer)
-
-
-def content_type(filename: str) -> str:
-    guessed, _ = mimetypes.guess_type(filename)
-    return guessed or "application/octet-stream"
