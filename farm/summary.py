@@ -59,7 +59,17 @@ def format_summary(settings: Settings, names: list[str], devices: dict[str, str]
         where = f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
         lines.append(f"  files:   {settings.storage_url}{where}")
     lines.append(f"  auth:    {auth_line(settings)}")
+    lines.append(f"  editor:  {editor_line(settings)}")
     return "\n".join(lines)
+
+
+def editor_line(settings: Settings) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ComfyUI frontend {version('comfyui-frontend-package')} at http://{settings.host}:{settings.port}/"
+    except PackageNotFoundError:
+        return "not installed (pip install 'comfy-farm[frontend]' for ComfyUI's editor at /)"
 
 
 def models_line(models_dir: Path) -> str:

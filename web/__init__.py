@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers",
-                  "teams", "batches", "health", "metrics", "ws")
+                  "teams", "batches", "health", "metrics", "userdata", "editor", "ws")
 
 
 def create_app(settings, *, context=None) -> Flask:
@@ -60,4 +60,7 @@ def create_app(settings, *, context=None) -> Flask:
         # Every route answers both bare and under /api, as ComfyUI's server does.
         app.register_blueprint(blueprint)
         app.register_blueprint(blueprint, url_prefix="/api", name=f"api_{blueprint.name}")
+    from web.frontend import make_blueprint as editor
+
+    app.register_blueprint(editor())  # ComfyUI's editor at / (when the [frontend] extra is installed)
     return app

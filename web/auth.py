@@ -29,26 +29,30 @@ def auth_enabled(settings) -> bool:
 
 
 DASHBOARD = "/dashboard"
-PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static")
+PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static", "frontend.index", "frontend.static_file",
+                    "frontend.user_css", "frontend.favicon", "frontend.template_file")
 # Who a public page acts as: no team, the lowest role (they act on nothing).
 NOBODY = Principal("", "submit", "anonymous")
 
 
 def _session_principal(keys):
-    """The dashboard's signed-in key (its session cookie), for dashboard pages and for the
-    dashboard's own /ws: only from a page of this farm (a cross-site page could otherwise open a
-    socket with the visitor's cookie and read the farm's events)."""
+    """The dashboard's signed-in key (its session cookie), for the dashboard's pages, and for ComfyUI's
+    editor and the dashboard's own /ws when they come from a page of this farm.
+
+    The cookie is SameSite=Lax, so another site's page cannot make a browser send it with a fetch,
+    an image or a form post; it can still open a WebSocket or post with it in older browsers, so
+    outside the dashboard's (CSRF-checked) forms, a socket or a request that changes anything
+    counts the cookie only with an Origin of this farm's own host."""
     from flask import session
 
     digest = session.get("key_hash")
     if not digest:
         return None
-    if request.path in WEBSOCKET_PATHS:
+    if request.path in WEBSOCKET_PATHS or (request.method not in ("GET", "HEAD")
+                                           and not request.path.startswith(DASHBOARD)):
         origin = request.headers.get("Origin", "")
         if urlsplit(origin).netloc != request.host:
             return None
-    elif not request.path.startswith(DASHBOARD):
-        return None  # the API takes keys, not cookies: no CSRF to worry about there
     return keys.principal_by_hash(digest)
 
 
@@ -102,7 +106,8 @@ def register(app, settings, database) -> None:
         if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
             return None
         if request.endpoint in PUBLIC_ENDPOINTS:
-            g.farm_principal = NOBODY  # the sign-in page and the dashboard's CSS and script
+            # the sign-in page, the dashboard's CSS and script, the editor's page and files
+            g.farm_principal = (None if presented_key() else _session_principal(keys)) or NOBODY
             return None
         secret = presented_key()
         if secret is None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        TypeDecorator)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, TypeDecorator)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -302,3 +302,17 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_at"),
         Index("ix_webhook_deliveries_batch", "batch_id"),
     )
+
+
+class UserFile(Base):
+    """A file of ComfyUI's user folder (the editor's settings, saved workflows, subgraphs,
+    templates), one folder per team: in the database, so every web host serves the same files."""
+
+    __tablename__ = "user_files"
+
+    team: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)  # "workflows/a.json"
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)

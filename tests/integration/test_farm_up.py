@@ -111,15 +111,18 @@ def test_farm_up_prints_a_start_summary_instead_of_celery_s_banner(tmp_path):
         (models / path).parent.mkdir(parents=True, exist_ok=True)
         (models / path).write_bytes(b"weights")
     with farm_up(data) as farm:
-        farm.wait_stdout("  auth:")
+        farm.wait_stdout("  editor:")
         render_and_check(farm.url)
+    from importlib.metadata import version
+
     # First on stdout; at the end Celery says "worker: Warm shutdown" there.
-    assert farm.stdout().splitlines()[:5] == [
+    assert farm.stdout().splitlines()[:6] == [
         f"farm ready: {farm.url}",
         f"  workers: {socket.gethostname()}-cpu (cpu)",
         f"  models:  2 checkpoints, 1 lora, 0 vae (in {models.resolve()})",
         f"  data:    {data.resolve()}",
         "  auth:    off (FARM_AUTH=auto, loopback only)",
+        f"  editor:  ComfyUI frontend {version('comfyui-frontend-package')} at {farm.url}/",
     ]
     everything = farm.stdout() + farm.output()
     assert not CELERY_BANNER.search(everything), everything

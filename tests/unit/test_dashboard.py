@@ -112,8 +112,10 @@ def test_with_auth_on_pages_need_a_sign_in_and_show_a_teams_own(secured):
                   ).status_code == 404
     assert anonymous.get(f"/api/batches/{theirs}", headers={"Authorization": f"Bearer {keys['b']}"}
                          ).get_json()["state"] == "queued"
-    # The cookie opens the dashboard only: the API still wants a key.
-    assert a.get("/queue").status_code == 401
+    # The cookie opens the API to the browser too (ComfyUI's editor at / uses it): reads, and
+    # changes that come with this farm's own Origin; a change without one still wants a key.
+    assert a.get("/queue").status_code == 200
+    assert a.post("/queue", data='{"clear": true}').status_code == 401
     overview = a.get("/dashboard/").get_data(as_text=True)
     assert 'id="team-a"' in overview and 'id="team-b"' not in overview and "workers-idle" not in overview
     admin = sign_in(app, keys["admin"])
@@ -196,8 +198,10 @@ def test_images_in_pages_open_with_the_session_cookie(secured):
     Image.new("RGB", (8, 8), "red").save(storage.root("output") / "mine.png")
     a = sign_in(app, keys["a"])
     assert a.get("/dashboard/view?filename=mine.png&type=output").status_code == 200
-    assert a.get("/view?filename=mine.png&type=output").status_code == 401  # the API wants the key
+    assert a.get("/view?filename=mine.png&type=output").status_code == 200  # as the editor shows it
+    assert app.test_client().get("/view?filename=mine.png&type=output").status_code == 401  # no key, no cookie
     b = sign_in(app, keys["b"])
+    assert b.get("/view?filename=mine.png&type=output").status_code == 404
     assert b.get("/dashboard/view?filename=mine.png&type=output&team=a").status_code == 404
 
 

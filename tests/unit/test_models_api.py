@@ -91,7 +91,10 @@ def test_no_embeddings_folder(client):
     assert client.get("/embeddings").get_json() == []
 
 
-def test_extensions_is_empty(client):
+def test_extensions_are_the_editors_own_scripts(client, monkeypatch):
+    from web import frontend
+
+    monkeypatch.setattr(frontend, "frontend_root", lambda: None)
     for route in ("/extensions", "/api/extensions"):
         response = client.get(route)
         assert response.status_code == 200 and response.get_json() == []

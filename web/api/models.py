@@ -34,5 +34,8 @@ def embeddings():
 
 @blueprint.get("/extensions")
 def extensions():
-    # The farm serves no frontend, so there are no frontend extension scripts to load.
-    return jsonify([])
+    """The editor's own extension scripts when it is installed (ComfyUI lists its web root's);
+    the farm loads no custom nodes' web folders."""
+    from web.frontend import core_extensions
+
+    return jsonify(core_extensions())

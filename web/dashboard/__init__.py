@@ -50,7 +50,8 @@ def _refused(error: batches.BatchError):
 
 def _back(default: str):
     target = request.form.get("next") or default
-    return redirect(target if target.startswith("/dashboard") else default, code=303)
+    # only this farm's own pages: the dashboard's, or the editor at /
+    return redirect(target if target.startswith("/dashboard") or target in ("/", "/?") else default, code=303)
 
 
 # sign-in ----------------------------------------------------------------------------------------
