@@ -99,6 +99,16 @@ class Settings:
     # /view answers with a redirect to a time-limited URL of the object instead of streaming it.
     s3_presign: bool = False
     s3_presign_seconds: int = 3600
+    # The build this process runs (an image tag, a commit): shown after the version in /api/workers,
+    # so a rolling upgrade's mix of builds is visible even at one package version.
+    build: str | None = None
+
+    @property
+    def version(self) -> str:
+        """The farm's version, with the build when one is set: "0.1.0" or "0.1.0+4f2a9c1"."""
+        from farm import __version__
+
+        return f"{__version__}+{self.build}" if self.build else __version__
 
     @property
     def auth_enabled(self) -> bool:
@@ -193,6 +203,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         s3_region=get("s3_region"),
         s3_presign=number("s3_presign", _flag, False),
         s3_presign_seconds=number("s3_presign_seconds", int, 3600),
+        build=get("build"),
     )
 
 
@@ -313,6 +324,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     for name in ("storage_url", "s3_endpoint_url", "s3_region"):
         if getattr(settings, name):
             env["FARM_" + name.upper()] = getattr(settings, name)
+    if settings.build:
+        env["FARM_BUILD"] = settings.build
     env["FARM_S3_PRESIGN"] = "1" if settings.s3_presign else "0"
     env["FARM_S3_PRESIGN_SECONDS"] = str(settings.s3_presign_seconds)
     return env

@@ -25,7 +25,6 @@ import time
 import traceback
 import uuid
 
-import farm
 from farm.attempt_outputs import AttemptOutputs, discard_attempts
 from farm.db.models import PromptState
 from farm.engine.compiled import from_settings as compiled_unets
@@ -76,7 +75,7 @@ class WorkerRuntime:
         self.executor.preview_method = settings.preview_method
         self.info = workers.WorkerInfo(
             name=name, session=uuid.uuid4().hex, queue=worker_queue_name(name), host=socket.gethostname(),
-            pid=os.getpid(), gpu_index=gpu, device_name="", device_type="", version=farm.__version__,
+            pid=os.getpid(), gpu_index=gpu, device_name="", device_type="", version=settings.version,
             python_version=sys.version, tags=list(settings.worker_tags),
         )
         self.reaper = reaping.Reaper(self.context.database, settings, self.bus, self._count_queue, self._dispatch_all,

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from migrations import online
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -45,15 +47,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("tags", JSON, nullable=True))
         batch.add_column(sa.Column("queue_rank", sa.Integer(), nullable=False, server_default="51"))
     op.execute("UPDATE prompts SET queue_rank = 0 WHERE front")
-    op.create_index("ix_prompts_batch", "prompts", ["batch_id", "cell_index"])
-    op.drop_index("ix_prompts_queue", table_name="prompts")
-    op.create_index("ix_prompts_queue", "prompts", ["state", "queue_rank", "number", "prompt_id"])
+    online.create_index("ix_prompts_batch", "prompts", ["batch_id", "cell_index"])
+    online.drop_index("ix_prompts_queue", "prompts")
+    online.create_index("ix_prompts_queue", "prompts", ["state", "queue_rank", "number", "prompt_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_prompts_queue", table_name="prompts")
-    op.create_index("ix_prompts_queue", "prompts", ["state", "number", "prompt_id"])
-    op.drop_index("ix_prompts_batch", table_name="prompts")
+    online.drop_index("ix_prompts_queue", "prompts")
+    online.create_index("ix_prompts_queue", "prompts", ["state", "number", "prompt_id"])
+    online.drop_index("ix_prompts_batch", "prompts")
     with op.batch_alter_table("prompts") as batch:
         for column in ("queue_rank", "tags", "priority", "cell_values", "cell_index", "batch_id"):
             batch.drop_column(column)

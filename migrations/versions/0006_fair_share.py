@@ -5,7 +5,7 @@ Revises: 0005
 Create Date: 2026-12-06
 """
 
-from alembic import op
+from migrations import online
 
 revision = "0006"
 down_revision = "0005"
@@ -14,10 +14,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_prompts_team", table_name="prompts")
-    op.create_index("ix_prompts_team", "prompts", ["team", "state", "queue_rank", "number", "prompt_id"])
+    online.drop_index("ix_prompts_team", "prompts")
+    online.create_index("ix_prompts_team", "prompts", ["team", "state", "queue_rank", "number", "prompt_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_prompts_team", table_name="prompts")
-    op.create_index("ix_prompts_team", "prompts", ["team", "state", "number"])
+    online.drop_index("ix_prompts_team", "prompts")
+    online.create_index("ix_prompts_team", "prompts", ["team", "state", "number"])

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from migrations import online
+
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
@@ -31,7 +33,7 @@ def upgrade() -> None:
         connection.execute(sa.text("UPDATE teams SET webhook_secret = :s WHERE name = :n"), {"s": secret, "n": name})
     with op.batch_alter_table("batches") as batch:
         batch.add_column(sa.Column("notified_at", TIMESTAMP, nullable=True))
-    op.create_index("ix_prompts_batch_state", "prompts", ["batch_id", "state"])
+    online.create_index("ix_prompts_batch_state", "prompts", ["batch_id", "state"])
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.String(40), primary_key=True),
@@ -56,7 +58,7 @@ def downgrade() -> None:
     op.drop_index("ix_webhook_deliveries_batch", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_due", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
-    op.drop_index("ix_prompts_batch_state", table_name="prompts")
+    online.drop_index("ix_prompts_batch_state", "prompts")
     with op.batch_alter_table("batches") as batch:
         batch.drop_column("notified_at")
     with op.batch_alter_table("teams") as batch:

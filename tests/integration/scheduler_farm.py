@@ -44,7 +44,7 @@ def saving_prompt(ms: int, color: int) -> dict:
 
 class SchedulerFarm:
     def __init__(self, folder: Path, database_url: str, broker_url: str, events_url: str | None = None,
-                 **settings):
+                 migrate: bool = True, **settings):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.data = folder / "data"
@@ -57,8 +57,9 @@ class SchedulerFarm:
         self.web: FarmProcess | None = None
         self.workers: dict[str, FarmProcess] = {}
         self.http = requests.Session()
-        upgrade = FarmProcess(["db", "upgrade"], self.env, folder / "upgrade.log")
-        assert upgrade.process.wait(60) == 0, upgrade.output()
+        if migrate:
+            upgrade = FarmProcess(["db", "upgrade"], self.env, folder / "upgrade.log")
+            assert upgrade.process.wait(60) == 0, upgrade.output()
 
     @property
     def url(self) -> str:

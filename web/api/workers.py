@@ -4,6 +4,8 @@ every team, and what they run is other teams' work."""
 
 from __future__ import annotations
 
+import collections
+
 from flask import Blueprint, current_app, jsonify
 
 from farm.services import steering
@@ -35,7 +37,10 @@ def _one(name: str):
 @blueprint.get("/api/workers")
 def list_workers():
     context = farm()
-    return jsonify({"workers": steering.list_workers(context.database, context.settings, _running()),
+    listed = steering.list_workers(context.database, context.settings, _running())
+    # live workers by version: a rolling upgrade's mix at a glance
+    versions = collections.Counter(worker["version"] for worker in listed if worker["state"] != "dead")
+    return jsonify({"workers": listed, "versions": dict(sorted(versions.items())),
                     "dispatch": {"paused": steering.dispatch_paused(context.database)}})
 
 
