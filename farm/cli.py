@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from farm.config import load_settings, names_list
+from farm.config import load_settings, missing_preloads, names_list
 from farm.graph.progress import PREVIEW_METHODS
 from farm.logs import configure_logging
 
@@ -35,6 +35,12 @@ def _add_auth(parser: argparse.ArgumentParser) -> None:
                         help="API keys: on, off, or auto (off on loopback only, on otherwise); FARM_AUTH, default auto")
 
 
+def _add_preload(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preload", type=names_list, metavar="NAME[,NAME]",
+                        help="checkpoints each worker loads before its first prompt, so that prompt does not "
+                             "wait for them; FARM_PRELOAD")
+
+
 def _add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", default=None,
                         help="show every process's full log (Celery's banner, migrations) instead of the "
@@ -51,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cors(up)
     _add_auth(up)
     _add_previews(up)
+    _add_preload(up)
     _add_verbose(up)
 
     web = commands.add_parser("web", help="run the web server (API)")
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="worker name (default <host>-gpu<N> or <host>-cpu); with --gpus the base "
                                        "of the names: <name>-gpu<N>")
     worker.add_argument("--tags", type=names_list, help="comma-separated labels of this worker; FARM_WORKER_TAGS")
+    _add_preload(worker)
     worker.add_argument("--restart", action="store_true",
                         help="run the worker as a child process and start it again when it dies (always so with "
                              "several GPUs; farm up uses it)")
@@ -105,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                              enable_cors_header=getattr(args, "enable_cors_header", None),
                              preview_method=getattr(args, "preview_method", None),
                              worker_tags=getattr(args, "tags", None), verbose=getattr(args, "verbose", None),
-                             auth=getattr(args, "auth", None))
+                             auth=getattr(args, "auth", None), preload=getattr(args, "preload", None))
     configure_logging(settings.verbose)
 
     if args.command in ("up", "web", "worker") and not _storage_ready(settings, args.command):
+        return 2
+    if args.command in ("up", "worker") and missing_preloads(settings):
+        print(f"farm {args.command}: error: --preload: no such checkpoint in {settings.models_dir / 'checkpoints'}: "
+              f"{', '.join(missing_preloads(settings))}", file=sys.stderr)
         return 2
     if args.command == "up":
         from farm.supervisor import run_farm

@@ -102,6 +102,8 @@ class Settings:
     # The build this process runs (an image tag, a commit): shown after the version in /api/workers,
     # so a rolling upgrade's mix of builds is visible even at one package version.
     build: str | None = None
+    # Checkpoints (names in the checkpoints folder) a worker loads before it takes its first prompt.
+    preload: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:
@@ -204,6 +206,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         s3_presign=number("s3_presign", _flag, False),
         s3_presign_seconds=number("s3_presign_seconds", int, 3600),
         build=get("build"),
+        preload=number("preload", names_list, ()),
     )
 
 
@@ -326,6 +329,15 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             env["FARM_" + name.upper()] = getattr(settings, name)
     if settings.build:
         env["FARM_BUILD"] = settings.build
+    if settings.preload:
+        env["FARM_PRELOAD"] = ",".join(settings.preload)
     env["FARM_S3_PRESIGN"] = "1" if settings.s3_presign else "0"
     env["FARM_S3_PRESIGN_SECONDS"] = str(settings.s3_presign_seconds)
     return env
+
+
+def missing_preloads(settings: Settings) -> list[str]:
+    """The names in `settings.preload` that are not files inside the checkpoints folder."""
+    root = (settings.models_dir / "checkpoints").resolve()
+    return [name for name in settings.preload
+            if not (root / name).resolve().is_relative_to(root) or not (root / name).is_file()]

@@ -96,6 +96,7 @@ class WorkerRuntime:
 
     # lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        self._preload()  # before registering: no prompt is sent here until the models are in
         self._refresh_info(True)
         self.bus.forget_running([self.name])  # whatever this worker's previous life was running
         failed = workers.register(self.context.database, self.info, self.settings)
@@ -116,6 +117,21 @@ class WorkerRuntime:
         gc.collect()
         gc.freeze()  # start-up objects (torch, Celery) never need collecting: keep full collections short
         self._dispatch_self()
+
+    def _preload(self) -> None:
+        """Load the FARM_PRELOAD checkpoints (names checked by the CLI) into the model cache."""
+        for name in self.settings.preload:
+            path = self.settings.models_dir / "checkpoints" / name
+            started = time.perf_counter()
+            try:
+                self.models.checkpoint(str(path))
+            except Exception:  # noqa: BLE001 - a model that cannot load fails its prompts, said then
+                log.exception("worker %s could not preload %s", self.name, name)
+                continue
+            seconds = time.perf_counter() - started
+            megabytes = path.stat().st_size / 1e6
+            log.info("worker %s preloaded %s: %.0f MB in %.2f s (%.0f MB/s)", self.name, name, megabytes, seconds,
+                     megabytes / max(seconds, 1e-9))
 
     def request_stop(self) -> None:
         """SIGTERM: finish the running prompt within the grace, take no more."""
