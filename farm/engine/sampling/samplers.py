@@ -3,8 +3,10 @@
 Every sampler is `fn(model, x, sigmas, ctx) -> x`:
 - `model(x, sigma)` returns the denoised (x0) prediction for the VE state x at scalar sigma;
 - `x` is float32 on the model's device, already noised to sigmas[0];
-- `ctx.seed` seeds the step noise (spec 2.6) and `ctx.step(i)` is called once after each of the
-  len(sigmas) - 1 steps (dpm_fast calls it once per UNet evaluation, of which there are as many).
+- `ctx.noise(x)` / `ctx.brownian(x, sigmas)` give the step noise, seeded with `ctx.seed` (spec 2.6),
+  or, for a coalesced group, each member's rows from its own seed (exactly its noise alone);
+  `ctx.step(i)` is called once after each of the len(sigmas) - 1 steps (dpm_fast calls it once
+  per UNet evaluation, of which there are as many).
 A step whose target sigma is 0 is a plain Euler / denoise step in every sampler, as in ComfyUI.
 """
 
@@ -27,6 +29,26 @@ class SamplerContext:
 
     seed: int | None = None
     step: Callable[[int], None] = lambda i: None
+    # A coalesced group (farm.engine.sampling.group): x's rows are the members' latents, `sizes`
+    # rows each, and each member's step noise comes from its own seed in `seeds`.
+    seeds: tuple[int, ...] | None = None
+    sizes: tuple[int, ...] | None = None
+
+    def noise(self, x):
+        """`noise(sigma, sigma_next)`: fresh unit noise shaped like x, from the device generator(s)."""
+        if self.seeds is None:
+            return default_noise_sampler(x, self.seed)
+        return _stacked([default_noise_sampler(part, seed) for part, seed in zip(x.split(self.sizes), self.seeds)])
+
+    def brownian(self, x, sigmas):
+        """`noise(sigma, sigma_next)`: Brownian tree increments (the SDE samplers), per member in a group."""
+        if self.seeds is None:
+            return _brownian(x, sigmas, self.seed)
+        return _stacked([_brownian(part, sigmas, seed) for part, seed in zip(x.split(self.sizes), self.seeds)])
+
+
+def _stacked(samplers):
+    return lambda sigma, sigma_next: torch.cat([sample(sigma, sigma_next) for sample in samplers])
 
 
 def to_d(x, sigma, denoised):
@@ -56,7 +78,7 @@ def sample_euler(model, x, sigmas, ctx):
 
 
 def sample_euler_ancestral(model, x, sigmas, ctx):
-    noise = default_noise_sampler(x, ctx.seed)
+    noise = ctx.noise(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         if sigmas[i + 1] == 0:
@@ -104,7 +126,7 @@ def sample_dpm_2(model, x, sigmas, ctx):
 
 
 def sample_dpm_2_ancestral(model, x, sigmas, ctx):
-    noise = default_noise_sampler(x, ctx.seed)
+    noise = ctx.noise(x)
     for i in range(len(sigmas) - 1):
         d = to_d(x, sigmas[i], model(x, sigmas[i]))
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
@@ -150,7 +172,7 @@ def sample_lms(model, x, sigmas, ctx, order: int = 4):
 
 
 def sample_dpmpp_2s_ancestral(model, x, sigmas, ctx):
-    noise = default_noise_sampler(x, ctx.seed)
+    noise = ctx.noise(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
@@ -173,7 +195,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, ctx):
 def sample_dpmpp_sde(model, x, sigmas, ctx, r: float = 0.5):
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(x, sigmas, ctx.seed)
+    noise = ctx.brownian(x, sigmas)
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -222,7 +244,7 @@ def sample_dpmpp_2m(model, x, sigmas, ctx):
 def sample_dpmpp_2m_sde(model, x, sigmas, ctx, eta: float = 1.0, solver_type: str = "midpoint"):
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(x, sigmas, ctx.seed)
+    noise = ctx.brownian(x, sigmas)
     old_denoised = None
     h_last = None
     for i in range(len(sigmas) - 1):
@@ -250,7 +272,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, ctx, eta: float = 1.0, solver_type: st
 def sample_dpmpp_3m_sde(model, x, sigmas, ctx, eta: float = 1.0):
     if len(sigmas) <= 1:
         return x
-    noise = _brownian(x, sigmas, ctx.seed)
+    noise = ctx.brownian(x, sigmas)
     denoised_1 = denoised_2 = None
     h = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
@@ -294,7 +316,7 @@ def _ddpm_step(x, sigma, sigma_prev, eps, noise):
 
 
 def sample_ddpm(model, x, sigmas, ctx):
-    noise = default_noise_sampler(x, ctx.seed)
+    noise = ctx.noise(x)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
@@ -306,7 +328,7 @@ def sample_ddpm(model, x, sigmas, ctx):
 
 
 def sample_lcm(model, x, sigmas, ctx):
-    noise = default_noise_sampler(x, ctx.seed)
+    noise = ctx.noise(x)
     for i in range(len(sigmas) - 1):
         x = model(x, sigmas[i])
         if sigmas[i + 1] > 0:
