@@ -109,6 +109,9 @@ class Prompt(Base):
     queue_rank: Mapped[int] = mapped_column(Integer, nullable=False, default=51, server_default="51")
     # A batch cell's retries after failures not of its own making (out of memory, timeout).
     retries: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # Prompts with the same key may be sampled together in one batch (farm.graph.coalesce); None:
+    # it runs alone.
+    coalesce_key: Mapped[str | None] = mapped_column(String(48))
 
     __table_args__ = (
         # The queue order: front, then priority (queue_rank), then number and prompt_id (ComfyUI's
@@ -121,6 +124,8 @@ class Prompt(Base):
         # History paging: finished prompts in completion order.
         Index("ix_prompts_history", "finished_at", "prompt_id"),
         Index("ix_prompts_worker", "worker", "state"),
+        # A worker's companions for a group: the queued prompts of one key, in queue order.
+        Index("ix_prompts_coalesce", "coalesce_key", "state", "queue_rank", "number", "prompt_id"),
     )
 
 

@@ -19,13 +19,19 @@ from sqlalchemy import bindparam, insert, update
 from farm.db.clock import db_now
 from farm.db.models import Batch, Counter, Prompt, PromptState
 from farm.graph import errors
+from farm.graph.coalesce import coalesce_key, only_per_sample
 from farm.graph.links import is_link
 from farm.graph.validation import validate_prompt
 from farm.queue.placement import tag_needs
 from farm.services.batches import BatchError, invalid, seconds_per_prompt, team_row
 from farm.services.principal import Principal
-from farm.services.submit import (DEFAULT_PRIORITY, SENSITIVE_EXTRA_DATA, over_queue_quota, rank_of,
-                                 request_hash)
+from farm.services.submit import (
+    DEFAULT_PRIORITY,
+    SENSITIVE_EXTRA_DATA,
+    over_queue_quota,
+    rank_of,
+    request_hash,
+)
 from farm.services.sweep import Sweep, SweepError, apply, parse_rows, parse_sweep
 
 _prompts, _counters = Prompt.__table__, Counter.__table__
@@ -209,7 +215,14 @@ def create(farm, body, principal: Principal, rows_text: str | None = None, rows_
         raise BatchError(over.status, over.body["error"])
     batch_id = str(uuid.uuid4())
     rows = []
+    shared_key = None  # a sweep of seeds or texts only: every cell has the first cell's key
     for index, cell in enumerate(cells):
+        if shared_key is not None:
+            key = shared_key
+        else:
+            key = coalesce_key(cell.prompt, cell.outputs)
+            if key is not None and only_per_sample(cell.prompt, cell.values):
+                shared_key = key
         prompt_id = str(uuid.uuid4())
         extra = {**request.extra_data, "farm_batch": {"id": batch_id, "cell": index, "values": cell.values}}
         if request.client_id is not None:
@@ -222,7 +235,7 @@ def create(farm, body, principal: Principal, rows_text: str | None = None, rows_
             "needs_id": farm.needs_ids.get(farm.database, sorted([*cell.needs, *tag_needs(request.tags)])),
             "batch_id": batch_id, "cell_index": index,
             "cell_values": cell.values, "priority": request.priority, "queue_rank": rank_of(request.priority),
-            "tags": request.tags or None,
+            "tags": request.tags or None, "coalesce_key": key,
         })
     with farm.database.write_connection() as connection:
         last = connection.execute(_RESERVE_NUMBERS, {"count": len(rows)}).scalar_one()

@@ -19,6 +19,7 @@ from farm.db.clock import db_now
 from farm.db.models import Counter, ModelNeeds, Prompt, PromptState
 from farm.db.upsert import insert_for
 from farm.graph import errors
+from farm.graph.coalesce import coalesce_key
 from farm.graph.validation import validate_prompt
 from farm.services.principal import LOCAL, Principal
 
@@ -139,6 +140,7 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
         queue_rank=0 if front else rank_of(DEFAULT_PRIORITY),
     )
     row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
+    row["coalesce_key"] = coalesce_key(validation.prompt, validation.outputs)
     try:
         with farm.database.write_connection() as connection:
             if given_number is None:
