@@ -159,8 +159,14 @@ _CLAIM_NEXT = (
             dispatched_at=db_now(), started_at=db_now())
     .returning(_prompts.c.prompt_id, _prompts.c.attempt, _prompts.c.prompt, _prompts.c.extra_data,
                _prompts.c.outputs_to_execute, _prompts.c.client_id, _prompts.c.team, _prompts.c.batch_id,
-               _prompts.c.created_at, _prompts.c.started_at)
+               _prompts.c.created_at, _prompts.c.started_at, _prompts.c.coalesce_key)
 )
+# Coalescing: the queued prompts of the group's team and key this worker may take, in queue
+# order; and whether a front prompt of another key waits (a group never goes before it).
+_COMPANIONS = _CANDIDATES.where(_prompts.c.team == bindparam("team"), _prompts.c.coalesce_key == bindparam("key"))
+_FRONT_WAITING = select(_prompts.c.prompt_id).where(
+    _eligible(_prompts), _prompts.c.queue_rank == 0,
+    or_(_prompts.c.coalesce_key.is_(None), _prompts.c.coalesce_key != bindparam("key"))).limit(1)
 # A capped batch's row, locked while one of its cells is taken (concurrent dispatchers count its
 # active cells one after the other), and that count.
 _LOCK_BATCH = select(_batches.c.id).where(_batches.c.id == bindparam("batch_id")).with_for_update()
@@ -236,6 +242,44 @@ class Dispatcher:
             return None  # not steerable, holding a prompt, paused, or nothing queued
         worker = _Worker(worker_name, files, loaded, busy=False)
         return self._assign(connection, worker, lambda: self._live_workers(connection), _CLAIM_NEXT, locked=True)
+
+    def take_companions(self, connection, worker_name: str, files: frozenset[str], loaded: frozenset[str],
+                        head, count: int) -> list:
+        """Coalescing: up to `count` more prompts with `head`'s key, claimed (running) for this
+        worker, which holds `head` already, in the transaction the caller commits. They are what
+        this worker would take next anyway, while they are compatible: eligible for it, in queue
+        order, of head's team only, and only while fair share would still give that team the
+        next slot (its caps included); never while a front prompt of another kind waits."""
+        if count <= 0 or head.coalesce_key is None:
+            return []
+        needs = [needs_id for needs_id, needed in self._needs.items() if needed <= files]
+        params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name, "needs": needs,
+                  "window": self.window, "max_wait": float(self.settings.affinity_max_wait_seconds),
+                  "team": head.team, "key": head.coalesce_key}
+        if connection.execute(_FRONT_WAITING, params).first() is not None:
+            return []
+        worker = _Worker(worker_name, files, loaded, busy=True)
+        taken = []
+        for _ in range(count):
+            if not self.teams.trivial() and not self._team_goes_next(connection, head.team, params):
+                break
+            row = self._pick(connection, worker, lambda: self._live_workers(connection), _CLAIM_NEXT, _COMPANIONS,
+                             params)
+            if row is None:
+                break
+            taken.append(row)
+        return taken
+
+    def _team_goes_next(self, connection, team: str, params) -> bool:
+        """Whether fair share ranks `team` first for this worker's next slot (below its caps)."""
+        limits = self.teams.teams()
+        loads = [fair_share.TeamLoad(row.name, limits.get(row.name, fair_share.TeamLimits()), row.in_use, row.head)
+                 for row in connection.execute(_TEAM_LOADS, params)]
+        ranked = fair_share.ranked(loads)
+        if not ranked or ranked[0].name != team:
+            return False
+        cap = ranked[0].limits.cap
+        return cap is None or self._team_below_cap(connection, team, cap)
 
     def _ready(self, connection) -> bool:
         """Whether a pass has anything to do (dispatch not paused, some prompt queued); refreshes

@@ -51,6 +51,7 @@ _LOCK = update(_workers).where(_workers.c.name == bindparam("p_worker"), _worker
 _CLAIMED_ROW = select(
     _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
     _table.c.client_id, _table.c.team, _table.c.batch_id, _table.c.created_at, _table.c.started_at,
+    _table.c.coalesce_key,
 ).where(_table.c.prompt_id == bindparam("p_id"))
 
 
@@ -70,6 +71,7 @@ class ClaimedPrompt:
     batch_id: str | None = None
     created_at: object = None  # accepted, and claimed (database times): the queue wait between them
     started_at: object = None
+    coalesce_key: str | None = None  # farm.graph.coalesce: None, it runs alone
 
     @property
     def queue_wait_seconds(self) -> float | None:
@@ -184,3 +186,18 @@ def requeue(database, prompt_id: str, attempt: int, worker: str) -> bool:
             .values(state=PromptState.QUEUED.value, worker=None, dispatched_at=None, started_at=None,
                     attempt=Prompt.attempt - 1)
         ).rowcount)
+
+
+def claim_companions(database, dispatcher, worker: str, files: frozenset[str], loaded: frozenset[str],
+                     head: ClaimedPrompt, count: int) -> list[ClaimedPrompt]:
+    """Prompts to run in one group with `head` (which `worker` holds), claimed for it at once;
+    see Dispatcher.take_companions. [] when there are none, or the database is unreachable."""
+    if count <= 0 or head.coalesce_key is None:
+        return []
+    try:
+        with database.write_connection() as connection:
+            rows = dispatcher.take_companions(connection, worker, files, loaded, head, count)
+    except DBAPIError:
+        log.warning("could not look for prompts to group with %s; it runs alone", head.prompt_id, exc_info=True)
+        return []
+    return [ClaimedPrompt(*row) for row in rows]
