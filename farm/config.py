@@ -104,6 +104,12 @@ class Settings:
     build: str | None = None
     # Checkpoints (names in the checkpoints folder) a worker loads before it takes its first prompt.
     preload: tuple[str, ...] = ()
+    # Coalescing (farm.graph.coalesce): the most prompts a worker samples in one batch (None: what
+    # its memory holds; 1: off), how long it may wait for a group to fill, and how it samples one
+    # ("auto": exact on the CPU, batched on GPUs; "exact"; "batched").
+    coalesce_max: int | None = None
+    coalesce_wait_ms: float = 20.0
+    coalesce_mode: str = "auto"
 
     @property
     def version(self) -> str:
@@ -207,6 +213,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         s3_presign_seconds=number("s3_presign_seconds", int, 3600),
         build=get("build"),
         preload=number("preload", names_list, ()),
+        coalesce_max=number("coalesce_max", int, None),
+        coalesce_wait_ms=number("coalesce_wait_ms", float, 20.0),
+        coalesce_mode=_coalesce_mode(get("coalesce_mode", "auto")),
     )
 
 
@@ -240,6 +249,14 @@ def _auth_mode(value) -> str:
 
 
 COMPILE_UNET_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+COALESCE_MODES = ("auto", "exact", "batched")
+
+
+def _coalesce_mode(value: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in COALESCE_MODES:
+        raise ValueError(f"FARM_COALESCE_MODE must be one of {', '.join(COALESCE_MODES)}, not {value!r}")
+    return mode
 
 
 def _compile_mode(value: str) -> str:
@@ -331,6 +348,10 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         env["FARM_BUILD"] = settings.build
     if settings.preload:
         env["FARM_PRELOAD"] = ",".join(settings.preload)
+    if settings.coalesce_max is not None:
+        env["FARM_COALESCE_MAX"] = str(settings.coalesce_max)
+    env["FARM_COALESCE_WAIT_MS"] = str(settings.coalesce_wait_ms)
+    env["FARM_COALESCE_MODE"] = settings.coalesce_mode
     env["FARM_S3_PRESIGN"] = "1" if settings.s3_presign else "0"
     env["FARM_S3_PRESIGN_SECONDS"] = str(settings.s3_presign_seconds)
     return env

@@ -89,6 +89,11 @@ class ExecutionCache:
             del self._entries[signature]
         return [node_id for node_id, signature in signatures.items() if signature in self._entries]
 
+    def cached_nodes(self, signatures: dict[str, str]) -> list[str]:
+        """The nodes already cached, forgetting nothing: for the members of a coalesced group, whose
+        worker started the cache once for all of them."""
+        return [node_id for node_id, signature in signatures.items() if signature in self._entries]
+
     def get(self, signature: str) -> CachedOutput | None:
         return self._entries.get(signature)
 

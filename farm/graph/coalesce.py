@@ -5,7 +5,7 @@ for per-sample inputs: sampler seeds, prompt texts and output filename prefixes.
 share the checkpoint, LoRAs and their strengths, VAE, latent size and batch, steps, sampler,
 scheduler, cfg and denoise, which is what sampling them as one batch needs.
 
-Only graphs built from the nodes below, with exactly one sampler fed by an EmptyLatentImage, get
+Only graphs built from the nodes below, with exactly one KSampler fed by an EmptyLatentImage, get
 a key; any other graph (image inputs, inpainting, several samplers, custom nodes) gets None and
 runs alone, as it always did.
 """
@@ -18,7 +18,7 @@ import json
 from farm.graph.links import is_link
 
 VERSION = "c1"
-SAMPLERS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
+SAMPLERS = {"KSampler": "seed"}  # KSamplerAdvanced's step windows and noise switch: not grouped
 # Inputs that may differ between the members of a group, by node class.
 PER_SAMPLE = {
     **{name: {seed} for name, seed in SAMPLERS.items()},

@@ -86,11 +86,22 @@ class GraphExecutor:
         storage=None,
         env: NodeEnvironment | None = None,
         team: str | None = None,
+        group=None,
     ) -> ExecutionResult:
         """Run the prompt; `storage` replaces the executor's for this run's nodes (a worker passes
         one that journals what the attempt writes), `env` and `team` those of the prompt's team
-        (its input files; cached outputs are never shared between teams)."""
-        storage = storage or self.storage
+        (its input files; cached outputs are never shared between teams). With `group` (a
+        farm.graph.group.SamplingGroup) the prompt runs as a member of a coalesced group: its
+        sampler meets the others', and the caller has started the execution cache for all of them."""
+        try:
+            return self._execute(prompt_id, prompt, outputs_to_execute, extra_data, emit, check_interrupt,
+                                 storage or self.storage, env, team, group)
+        finally:
+            if group is not None:
+                group.leave(prompt_id)
+
+    def _execute(self, prompt_id, prompt, outputs_to_execute, extra_data, emit, check_interrupt, storage, env, team,
+                 group) -> ExecutionResult:
         messages: list[list] = []
 
         def send(event: str, data: dict) -> None:
@@ -100,7 +111,10 @@ class GraphExecutor:
 
         send("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
         signatures = self.cache.signatures(prompt, env, team) if self.cache is not None else {}
-        cached = self.cache.start_prompt(signatures) if self.cache is not None else []
+        if self.cache is None:
+            cached = []
+        else:
+            cached = self.cache.cached_nodes(signatures) if group is not None else self.cache.start_prompt(signatures)
         send("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": now_ms()})
 
         cached_set = set(cached)
@@ -138,6 +152,7 @@ class GraphExecutor:
                         progress, check_interrupt, _node, value, maximum),
                     models=self.models,
                     preview=progress.offer_preview,
+                    group=group,
                 )
                 node_started = time.perf_counter()
                 result = cls().run(ctx, **inputs)

@@ -84,8 +84,21 @@ class KSampler(Node):
 
         use_components(ctx, model)
         callback = progress_callback(ctx, steps, getattr(model, "family", None))
-        latent = ksampler.sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                                 denoise=denoise, callback=callback)
+
+        def alone():
+            return ksampler.sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                   denoise=denoise, callback=callback)
+
+        if ctx.group is None or latent_image.get("noise_mask") is not None:
+            return NodeOutput(values=(alone(),))
+        from farm.engine.sampling.group import GroupMember
+
+        # Coalesced: sampled in one batch with the group's other prompts, each exactly its own
+        # noise and conditioning (previews are not drawn for a group's steps).
+        latent = ctx.group.sample(
+            ctx.prompt_id, GroupMember(latent_image, seed, positive, negative), model,
+            {"steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": denoise},
+            ctx.report_progress, ctx.check_interrupt, alone)
         return NodeOutput(values=(latent,))
 
 

@@ -41,6 +41,7 @@ from farm.queue.sender import CelerySender
 from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
 from farm.services.webhooks import PromptHooks
+from farm.worker.coalescing import GroupCapacity
 from farm.worker.device import device_report
 from farm.worker.liveness import Heartbeat, Reporter
 from farm.worker.watchdog import Watchdog
@@ -91,6 +92,9 @@ class WorkerRuntime:
         self._execution_lock = threading.Lock()
         self._pending_free = (False, False)
         self._running: execution.ClaimedPrompt | None = None
+        # The interrupt flags of a coalesced group's members while one runs (prompt_id -> event).
+        self._group_interrupts: dict[str, threading.Event] = {}
+        self.capacity = GroupCapacity(settings, self.models.device)
         self._files: frozenset[str] = frozenset()  # the model files as "folder/path" (placement's form)
         self._deadline: float | None = None  # monotonic time the running prompt times out at
 
@@ -170,6 +174,8 @@ class WorkerRuntime:
             self._interrupt_requests.append(prompt_id)
             if self.info.current_prompt == prompt_id:
                 self._interrupt.set()
+            if prompt_id in self._group_interrupts:
+                self._group_interrupts[prompt_id].set()
         log.info("interrupt requested for %s", prompt_id)
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
@@ -217,6 +223,8 @@ class WorkerRuntime:
             stale = self.info.current_prompt
             if stale is not None:
                 self._interrupt.set()
+                for event in self._group_interrupts.values():
+                    event.set()
         log.warning("worker %s was presumed dead; registering again%s", self.name,
                     f" (its attempt of {stale} is stale and stops)" if stale else "")
         workers.rejoin(database, self.info)
@@ -238,11 +246,14 @@ class WorkerRuntime:
             self.context.dispatcher.dispatch(only=self.name, loaded=placement.loaded_checkpoints(self.models.report()))
 
     # prompts --------------------------------------------------------------------------------
-    def _check_interrupt(self) -> None:
+    def _check_interrupt(self, flag: threading.Event | None = None) -> None:
+        """Raise Interrupted (or PromptTimeout) when the running prompt must stop; `flag` is a
+        group member's own interrupt flag (default: the single running prompt's)."""
+        flag = flag or self._interrupt
         if self._abandon.is_set():
             raise Interrupted()
-        if self._interrupt.is_set():
-            self._interrupt.clear()
+        if flag.is_set():
+            flag.clear()
             raise Interrupted()
         deadline = self._deadline
         if deadline is not None and time.monotonic() > deadline:
@@ -264,7 +275,11 @@ class WorkerRuntime:
         self._dispatch_self()
 
     def _execute(self, claimed: execution.ClaimedPrompt) -> execution.ClaimedPrompt | None:
-        """Run one claimed prompt and record its end; the next prompt it took, if any."""
+        """Run one claimed prompt (with the prompts it coalesces with, if any) and record its end;
+        the next prompt it took, if any."""
+        companions = self._companions(claimed)
+        if companions:
+            return self._execute_group([claimed, *companions])
         prompt_id, attempt = claimed.prompt_id, claimed.attempt
         discard_attempts(self.context.storage, prompt_id, keep=attempt)  # what killed attempts left
         outputs = AttemptOutputs(self.context.storage, prompt_id, attempt, claimed.team)
@@ -278,13 +293,7 @@ class WorkerRuntime:
             timeout = self.settings.prompt_timeout_seconds
             self._deadline = time.monotonic() + timeout if timeout else None
         held: list[tuple[str, dict]] = []
-
-        def emit(event: str, data: dict) -> None:
-            if event in FINAL_EVENTS:
-                held.append((event, data))
-            else:
-                self.bus.publish(event, data, prompt_id=prompt_id, client_id=claimed.client_id, team=claimed.team)
-
+        emit = self._emitter(claimed, held)
         self._publish_status()  # taken off the queue (spec 4.3: before execution_start)
         if claimed.queue_wait_seconds is not None:
             self.metrics.queue_wait.labels(claimed.team).observe(claimed.queue_wait_seconds)
@@ -313,6 +322,107 @@ class WorkerRuntime:
                 self.info.current_prompt = None
                 self._running = None
                 self._deadline = None
+
+    def _emitter(self, claimed: execution.ClaimedPrompt, held: list[tuple[str, dict]]):
+        """The prompt's event sink: published at once, but its final events held until its end is recorded."""
+        def emit(event: str, data: dict) -> None:
+            if event in FINAL_EVENTS:
+                held.append((event, data))
+            else:
+                self.bus.publish(event, data, prompt_id=claimed.prompt_id, client_id=claimed.client_id,
+                                 team=claimed.team)
+        return emit
+
+    # coalesced groups ---------------------------------------------------------------------------
+    def _companions(self, claimed: execution.ClaimedPrompt) -> list[execution.ClaimedPrompt]:
+        """The prompts to sample in one batch with `claimed`, claimed for this worker; [] to run it alone.
+        With some found but fewer than the worker holds, it waits FARM_COALESCE_WAIT_MS once for more
+        (a client still submitting its sweep); a prompt with nothing to group with never waits."""
+        room = self.capacity.limit() - 1
+        if room <= 0 or claimed.coalesce_key is None or self._stopping.is_set():
+            return []
+        loaded = placement.loaded_checkpoints(self.models.report())
+        found = execution.claim_companions(self.context.database, self.context.dispatcher, self.name, self._files,
+                                           loaded, claimed, room)
+        if found and len(found) < room and self.settings.coalesce_wait_ms > 0:
+            time.sleep(self.settings.coalesce_wait_ms / 1000)
+            found += execution.claim_companions(self.context.database, self.context.dispatcher, self.name,
+                                                self._files, loaded, claimed, room - len(found))
+        return found
+
+    def _execute_group(self, members: list[execution.ClaimedPrompt]) -> execution.ClaimedPrompt | None:
+        """Run a coalesced group: each member through the executor in a thread of its own, meeting
+        at the sampler (farm.graph.group); then record each member's end in order. The next prompt
+        this worker takes comes with the last end recorded (before it, the worker still holds some)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from farm.graph.group import SamplingGroup
+
+        ids = [member.prompt_id for member in members]
+        group = SamplingGroup(ids, mode=self.capacity.mode)
+        outputs, held = {}, {pid: [] for pid in ids}
+        for member in members:
+            discard_attempts(self.context.storage, member.prompt_id, keep=member.attempt)
+            outputs[member.prompt_id] = AttemptOutputs(self.context.storage, member.prompt_id, member.attempt,
+                                                       member.team)
+        flags = {pid: threading.Event() for pid in ids}
+        with self._state_lock:
+            self.info.current_prompt = ids[0]
+            self._running = members[0]
+            self._interrupt.clear()
+            for pid in ids:
+                if pid in self._interrupt_requests:
+                    flags[pid].set()
+            self._group_interrupts = flags
+            timeout = self.settings.prompt_timeout_seconds
+            self._deadline = time.monotonic() + timeout if timeout else None
+        log.info("worker %s samples %d prompts as one group: %s", self.name, len(members), ", ".join(ids))
+        self._publish_status()
+        for member in members:
+            if member.queue_wait_seconds is not None:
+                self.metrics.queue_wait.labels(member.team).observe(member.queue_wait_seconds)
+        # The execution cache starts once for the whole group (a member's start would drop another's nodes).
+        signatures = {}
+        for member in members:
+            found = self.execution_cache.signatures(member.prompt, self.context.node_env_for(member.team), member.team)
+            signatures.update({f"{member.prompt_id}/{node}": value for node, value in found.items()})
+        self.execution_cache.start_prompt(signatures)
+        self.models.begin_prompt()
+        self.capacity.begin()
+        try:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(len(members), thread_name_prefix="farm-group") as pool:
+                futures = [pool.submit(self._run, member, self._emitter(member, held[member.prompt_id]),
+                                       outputs[member.prompt_id], group,
+                                       lambda flag=flags[member.prompt_id]: self._check_interrupt(flag))
+                           for member in members]
+                results = [future.result() for future in futures]
+            self.capacity.end(max(group.batches, default=0))
+            seconds = time.perf_counter() - started
+            self._deadline = None
+            following = None
+            for member, result in zip(members, results):
+                self.metrics.execution.labels(member.team, result.status).observe(seconds)
+                if result.status == "interrupted" and self._abandon.is_set():
+                    outputs[member.prompt_id].discard()
+                    execution.requeue(self.context.database, member.prompt_id, member.attempt, self.name)
+                    log.info("worker stopping: %s goes back to the queue", member.prompt_id)
+                    continue
+                recorded, taken = self._end(member, result, held[member.prompt_id])
+                if recorded:
+                    self.metrics.prompts.labels(member.team, result.status).inc()
+                    outputs[member.prompt_id].keep()
+                else:
+                    outputs[member.prompt_id].discard()
+                following = taken or following
+            return following
+        finally:
+            self.models.end_prompt()
+            with self._state_lock:
+                self.info.current_prompt = None
+                self._running = None
+                self._deadline = None
+                self._group_interrupts = {}
 
     def _end(self, claimed, result: ExecutionResult, held: list[tuple[str, dict]]):
         """Record the prompt's end (taking this worker's next prompt in the same transaction, unless
@@ -347,12 +457,12 @@ class WorkerRuntime:
         self.bus.publish("executing", {"node": None, "prompt_id": prompt_id}, prompt_id=prompt_id, client_id=client_id,
                          team=team)
 
-    def _run(self, claimed, emit, outputs: AttemptOutputs) -> ExecutionResult:
+    def _run(self, claimed, emit, outputs: AttemptOutputs, group=None, check_interrupt=None) -> ExecutionResult:
         try:
             return self.executor.execute(
                 claimed.prompt_id, claimed.prompt, claimed.outputs_to_execute, claimed.extra_data,
-                emit, self._check_interrupt, storage=outputs,
-                env=self.context.node_env_for(claimed.team), team=claimed.team,
+                emit, check_interrupt or self._check_interrupt, storage=outputs,
+                env=self.context.node_env_for(claimed.team), team=claimed.team, group=group,
             )
         except Exception as exception:  # noqa: BLE001 - a broken plan fails the prompt, not the worker
             log.exception("prompt %s failed outside any node", claimed.prompt_id)
