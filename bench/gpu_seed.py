@@ -1,12 +1,15 @@
-"""The seed workflow through the farm's executor on a GPU: cold load, warm s/image, it/s, batch 4.
+"""The seed workflow through the farm's executor on a GPU: cold load, warm s/image, it/s, batch 4, sweep.
 
 Builds random-weight models with the real SD1.5 (and SDXL) architectures, saves them as
 single-file checkpoints in ComfyUI's layout, then times the README's seed workflow through the
 worker's GraphExecutor with its model and execution caches (the code path of a worker):
-- cold: load + first image (the checkpoint load is timed on its own too);
+- cold: load + first image (the checkpoint load is timed on its own too, as MB/s beside the plain
+  read of the same file, from the page cache: the loader's own overhead);
 - warm seconds per image (new seed each time, so sampling and decoding really run);
 - sampler it/s (from the KSampler's progress events);
 - batch 4 seconds per image; peak GPU memory;
+- a seed sweep (--sweep prompts) one prompt after the other, then coalesced in groups of --group
+  (farm.graph.group, batched on a GPU, exact on the CPU), seconds per image each;
 - knobs, as ratios measured in the same run: channels_last (the baseline runs without it), and
   with --compile the worker's own torch.compile mechanism (farm.engine.compiled, mode
   --compile-mode, default reduce-overhead: CUDA graphs): the first image after turning it on runs
@@ -127,6 +130,25 @@ class Runner:
         rate = (len(steps) - 1) / (steps[-1] - steps[0]) if len(steps) > 1 and steps[-1] > steps[0] else None
         return {"seconds": elapsed, "it_per_s": rate}
 
+    def run_group(self, prompts: list[dict]) -> float:
+        """Seconds for the prompts as one coalesced group: each through the executor in a thread of
+        its own, meeting at the sampler (what a worker does, farm.worker.runtime._execute_group)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from farm.graph.group import SamplingGroup
+
+        validations = [validate_prompt(prompt, self.executor.registry, self.executor.env) for prompt in prompts]
+        group = SamplingGroup([f"bench-{index}" for index in range(len(prompts))])
+        self.sync()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda item: self.executor.execute(
+                f"bench-{item[0]}", item[1].prompt, item[1].outputs, {}, lambda event, data: None, group=group),
+                enumerate(validations)))
+        self.sync()
+        assert all(result.status == "success" for result in results), [r.error for r in results if r.error]
+        return time.perf_counter() - started
+
     def sync(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -136,7 +158,18 @@ class Runner:
         return entry.value[0]
 
 
-def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: str | None) -> dict:
+def sweep(runner: Runner, size: int, steps: int, prompts: int, group: int) -> dict:
+    """A seed sweep of `prompts` prompts: one after the other, then coalesced in groups of `group`."""
+    alone = sum(runner.run(seed_prompt(1000 + seed, size, steps))["seconds"] for seed in range(prompts))
+    grouped = sum(runner.run_group([seed_prompt(2000 + start + seed, size, steps) for seed in range(group)])
+                  for start in range(0, prompts, group))
+    return {"sweep_prompts": prompts, "sweep_group": group, "sweep_alone_s_per_image": round(alone / prompts, 4),
+            "sweep_coalesced_s_per_image": round(grouped / prompts, 4),
+            "sweep_coalescing_speedup": round(alone / grouped, 3)}
+
+
+def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: str | None,
+            sweep_prompts: int = 64, sweep_group: int = 4) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = 64 if tiny else (512 if family == "sd15" else 1024)
     folder = tempfile.mkdtemp(prefix="farm-bench-")
@@ -147,9 +180,18 @@ def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: s
     runner = Runner(folder, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    checkpoint = os.path.join(folder, "models", "checkpoints", "bench.safetensors")
+    read_started = time.perf_counter()  # the file's plain read, for the load's MB/s to compare with
+    with open(checkpoint, "rb", buffering=0) as handle:
+        while handle.read(1 << 24):
+            pass
+    read_seconds = time.perf_counter() - read_started
     load_started = time.perf_counter()
-    runner.models.checkpoint(os.path.join(folder, "models", "checkpoints", "bench.safetensors"))
+    runner.models.checkpoint(checkpoint)
+    if device == "cuda":
+        torch.cuda.synchronize()
     load_seconds = time.perf_counter() - load_started
+    megabytes = os.path.getsize(checkpoint) / 1e6
     runner.models.clear()  # the cold run below loads it again, as a first prompt would
     cold = runner.run(seed_prompt(0, size, steps))
     warm = [runner.run(seed_prompt(seed, size, steps)) for seed in range(1, warm_runs + 1)]
@@ -158,12 +200,15 @@ def measure(family: str, tiny: bool, steps: int, warm_runs: int, compile_unet: s
         "family": family, "size": size, "steps": steps, "device": device,
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor(),
         "build_checkpoint_s": round(build_seconds, 2), "load_s": round(load_seconds, 3),
+        "checkpoint_mb": round(megabytes, 1), "load_mb_per_s": round(megabytes / load_seconds, 1),
+        "read_mb_per_s": round(megabytes / read_seconds, 1),
         "cold_s": round(cold["seconds"], 3),
         "warm_s_per_image": round(sum(w["seconds"] for w in warm) / len(warm), 4),
         "sampler_it_per_s": round(sum(w["it_per_s"] for w in warm) / len(warm), 2),
         "batch4_s_per_image": round(batch["seconds"] / 4, 4),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
     }
+    result.update(sweep(runner, size, steps, sweep_prompts, sweep_group))
     model = runner.unet()
     model.unet.to(memory_format=torch.channels_last)
     (vae,) = [part for part in next(iter(runner.models._entries.values())).value if hasattr(part, "vae")]
@@ -197,6 +242,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warm-runs", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time the UNet under torch.compile")
+    parser.add_argument("--sweep", type=int, default=64, help="prompts of the seed sweep, alone then coalesced")
+    parser.add_argument("--group", type=int, default=4, help="prompts per coalesced group in the sweep")
     parser.add_argument("--compile-mode", default="reduce-overhead",
                         choices=("default", "reduce-overhead", "max-autotune"))
     args = parser.parse_args()
@@ -204,7 +251,8 @@ def main() -> None:
     if args.tiny and "sdxl" in families:
         sys.exit("--tiny builds only the SD1.5 layout")
     compile_mode = args.compile_mode if args.compile else None
-    results = [measure(family, args.tiny, args.steps, args.warm_runs, compile_mode) for family in families]
+    results = [measure(family, args.tiny, args.steps, args.warm_runs, compile_mode, args.sweep, args.group)
+               for family in families]
     print(json.dumps({"seed_workflow": results, "torch": torch.__version__, "python": platform.python_version()}))
 
 
