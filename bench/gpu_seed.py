@@ -135,10 +135,10 @@ class Runner:
         its own, meeting at the sampler (what a worker does, farm.worker.runtime._execute_group)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from farm.graph.group import SamplingGroup
+        from farm.graph.group import CoalescedGroup
 
         validations = [validate_prompt(prompt, self.executor.registry, self.executor.env) for prompt in prompts]
-        group = SamplingGroup([f"bench-{index}" for index in range(len(prompts))])
+        group = CoalescedGroup([f"bench-{index}" for index in range(len(prompts))])
         self.sync()
         started = time.perf_counter()
         with ThreadPoolExecutor(len(prompts)) as pool:

@@ -91,7 +91,7 @@ class GraphExecutor:
         """Run the prompt; `storage` replaces the executor's for this run's nodes (a worker passes
         one that journals what the attempt writes), `env` and `team` those of the prompt's team
         (its input files; cached outputs are never shared between teams). With `group` (a
-        farm.graph.group.SamplingGroup) the prompt runs as a member of a coalesced group: its
+        farm.graph.group.CoalescedGroup) the prompt runs as a member of a coalesced group: its
         sampler meets the others', and the caller has started the execution cache for all of them."""
         try:
             return self._execute(prompt_id, prompt, outputs_to_execute, extra_data, emit, check_interrupt,

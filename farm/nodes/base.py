@@ -43,8 +43,8 @@ class RunContext:
     # Set only when previews are wanted: takes a function returning (image MIME type, image bytes),
     # called only if the next progress report is due a preview.
     preview: Callable[[Callable[[], tuple[str, bytes]]], None] | None = None
-    # A coalesced group this prompt runs in (farm.graph.group.SamplingGroup): its sampler meets
-    # the other members' there. None: the prompt runs alone.
+    # A coalesced group this prompt runs in (farm.graph.group.CoalescedGroup): its sampler (and
+    # on GPUs its VAE decode) meet the other members' there. None: the prompt runs alone.
     group: Any = None
 
 

@@ -8,6 +8,8 @@ farm.engine.sampling does; the engine's own name tuples must stay an ordered sub
 
 from __future__ import annotations
 
+import dataclasses
+
 from farm.nodes.base import Node, NodeOutput
 from farm.nodes.loaders import use_components
 
@@ -95,11 +97,52 @@ class KSampler(Node):
 
         # Coalesced: sampled in one batch with the group's other prompts, each exactly its own
         # noise and conditioning (previews are not drawn for a group's steps).
-        latent = ctx.group.sample(
-            ctx.prompt_id, GroupMember(latent_image, seed, positive, negative), model,
-            {"steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": denoise},
-            ctx.report_progress, ctx.check_interrupt, alone)
+        arrival = _Arrival(GroupMember(latent_image, seed, positive, negative), model,
+                           {"steps": steps, "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler,
+                            "denoise": denoise}, ctx.report_progress)
+        latent = ctx.group.meet("sample", ctx.prompt_id, arrival, lambda batch: _sample_together(batch, ctx.group.mode),
+                                ctx.check_interrupt, alone)
         return NodeOutput(values=(latent,))
+
+
+@dataclasses.dataclass
+class _Arrival:
+    member: object  # farm.engine.sampling.group.GroupMember
+    model: object
+    settings: dict
+    progress: object  # (value, maximum) -> None; raises the member's Interrupted
+
+
+class _EveryoneStopped(Exception):
+    pass
+
+
+def _sample_together(batch: dict, mode: str | None) -> dict:
+    """A coalesced group's sampling: one batch for every member; each step reports progress to
+    each member and checks its interrupt, and a member stopped there gets its exception (its rows
+    are dropped) while the others finish; when every member is stopped, sampling ends."""
+    from farm.engine.sampling.group import sample_group
+
+    ids = list(batch)
+    first = batch[ids[0]]
+    stopped: dict = {}
+
+    def callback(step: int, total: int) -> None:
+        for prompt_id in ids:
+            if prompt_id not in stopped:
+                try:
+                    batch[prompt_id].progress(step + 1, total)
+                except Exception as exception:  # noqa: BLE001 - Interrupted, PromptTimeout: that member's
+                    stopped[prompt_id] = exception
+        if len(stopped) == len(ids):
+            raise _EveryoneStopped()
+
+    try:
+        latents = sample_group(first.model, [batch[prompt_id].member for prompt_id in ids], mode=mode,
+                               callback=callback, **first.settings)
+    except _EveryoneStopped:
+        return stopped
+    return {prompt_id: stopped.get(prompt_id, latent) for prompt_id, latent in zip(ids, latents)}
 
 
 class KSamplerAdvanced(Node):

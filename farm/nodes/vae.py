@@ -43,7 +43,32 @@ class VAEDecode(Node):
 
         _require_vae(vae)
         use_components(ctx, vae)
-        return NodeOutput(values=(engine.decode(vae, samples["samples"]),))
+        if ctx.group is None or not _decodes_together(ctx.group, vae):
+            return NodeOutput(values=(engine.decode(vae, samples["samples"]),))
+        # A coalesced group on a GPU: one decode for every member's latents.
+        images = ctx.group.meet("decode", ctx.prompt_id, (vae, samples["samples"]), _decode_together,
+                                ctx.check_interrupt, lambda: engine.decode(vae, samples["samples"]))
+        return NodeOutput(values=(images,))
+
+
+def _decodes_together(group, vae) -> bool:
+    """Batched groups decode together; exact ones (the CPU's) decode each member as alone, since a
+    batch changes the kernels' results there."""
+    from farm.engine.sampling.group import BATCHED, default_mode
+
+    return (group.mode or default_mode(next(vae.vae.parameters()).device)) == BATCHED
+
+
+def _decode_together(batch: dict) -> dict:
+    import torch
+
+    from farm.engine import vae as engine
+
+    ids = list(batch)
+    vae = batch[ids[0]][0]
+    latents = [batch[prompt_id][1] for prompt_id in ids]
+    images = engine.decode(vae, torch.cat(latents))
+    return dict(zip(ids, images.split([latent.shape[0] for latent in latents])))
 
 
 class VAEDecodeTiled(Node):

@@ -356,10 +356,10 @@ class WorkerRuntime:
         this worker takes comes with the last end recorded (before it, the worker still holds some)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from farm.graph.group import SamplingGroup
+        from farm.graph.group import CoalescedGroup
 
         ids = [member.prompt_id for member in members]
-        group = SamplingGroup(ids, mode=self.capacity.mode)
+        group = CoalescedGroup(ids, mode=self.capacity.mode)
         outputs, held = {}, {pid: [] for pid in ids}
         for member in members:
             discard_attempts(self.context.storage, member.prompt_id, keep=member.attempt)
@@ -397,7 +397,7 @@ class WorkerRuntime:
                                        lambda flag=flags[member.prompt_id]: self._check_interrupt(flag))
                            for member in members]
                 results = [future.result() for future in futures]
-            self.capacity.end(max(group.batches, default=0))
+            self.capacity.end(max(group.batches.get("sample", []), default=0))
             seconds = time.perf_counter() - started
             self._deadline = None
             following = None

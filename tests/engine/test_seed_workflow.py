@@ -140,3 +140,44 @@ def test_a_lora_changes_the_image_and_strength_zero_does_not(worker, tmp_path):
 
     assert np.array_equal(pixels(storage, with_lora(0.0)), pixels(storage, plain))
     assert not np.array_equal(pixels(storage, with_lora(1.0)), pixels(storage, plain))
+
+
+@pytest.mark.parametrize("mode", ["exact", "batched"])
+def test_a_coalesced_group_renders_each_prompt_as_alone(worker, mode):
+    """The seed workflow for four seeds and texts as one group (each prompt in its own thread, as a
+    worker runs them): exact gives each prompt's own pixels; batched (one UNet call and one VAE
+    decode for the group, what GPUs do) within a pixel level of them."""
+    import threading
+
+    from farm.graph.group import CoalescedGroup
+
+    executor, _cache, storage = worker
+    prompts = []
+    for index, text in enumerate(["a fox", "a lighthouse", "a snowy pass", "a bottle"]):
+        workflow = seed_workflow(seed=40 + index)
+        workflow["6"]["inputs"]["text"] = text
+        prompts.append(validate_prompt(workflow, executor.registry, executor.env))
+    alone = [pixels(storage, executor.execute(f"alone{i}", v.prompt, v.outputs, {}, lambda *_: None))
+             for i, v in enumerate(prompts)]
+    executor.cache.clear()  # every member samples (none is served its sampler's output from the cache)
+    group = CoalescedGroup([f"g{i}" for i in range(4)], mode=mode)
+    results = {}
+
+    def member(index):
+        results[index] = executor.execute(f"g{index}", prompts[index].prompt, prompts[index].outputs, {},
+                                          lambda *_: None, group=group)
+
+    threads = [threading.Thread(target=member, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert group.batches["sample"] == [4]
+    assert group.batches.get("decode") == ([4] if mode == "batched" else None)
+    for index in range(4):
+        assert results[index].status == "success", results[index].error
+        image = pixels(storage, results[index])
+        if mode == "exact":
+            assert np.array_equal(image, alone[index])
+        else:
+            assert np.abs(image.astype(int) - alone[index].astype(int)).max() <= 1
