@@ -18,7 +18,10 @@ Invariants:
 - Compiled artifacts survive restarts: `configure_cache` points TORCHINDUCTOR_CACHE_DIR at
   <data_dir>/compile-cache and turns the FX graph cache on, unless the user set those variables;
   the compile thread also loads `torch.compiler` cache artifacts from that folder before its
-  first compile and saves them after every successful warm-up.
+  first compile and saves them after every successful warm-up. The buckets each model file was
+  compiled for are remembered there too (`buckets.pkl`), so a restarted worker that preloads a
+  model (`farm worker --preload`) compiles them from those caches before its first prompt
+  (`warm`), and serves compiled from that prompt on.
 - One compile thread per manager (per worker): buckets compile one at a time, and all CUDA graphs
   land in that thread's cudagraph tree (the main thread replays them once ready).
 - Compiled code (dynamo's caches, the cudagraph tree) is used by one thread at a time: the compile
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 CACHE_FOLDER = "compile-cache"
 ARTIFACTS_FILE = "cache-artifacts.bin"
+BUCKETS_FILE = "buckets.pkl"  # {repr(model key): [Bucket, ...]}: what each model was compiled for
 # Blobs of earlier runs kept in the artifacts file (each run saves what it compiled or loaded).
 KEEP_ARTIFACT_BLOBS = 4
 # Dynamo keeps compiled code per Python code object (UNet2DConditionModel.forward, for every
@@ -271,6 +275,46 @@ class CompiledUNets:
             variant = model.variants.get(bucket) if model is not None else None
             return variant.state if variant is not None else None
 
+    def warm(self, key, unet, timeout: float | None = None) -> int:
+        """Compile the buckets this model was compiled for before (in an earlier run too) and wait
+        for them, up to `timeout` seconds; how many are ready. For a worker's start (--preload)."""
+        buckets = self._remembered().get(repr(key), [])
+        for bucket in buckets:
+            self.get(key, unet, bucket)
+        self.wait_idle(timeout)
+        return sum(self.state(key, bucket) == READY for bucket in buckets)
+
+    def _remembered(self) -> dict:
+        import pickle
+
+        path = self.cache_dir / BUCKETS_FILE if self.cache_dir is not None else None
+        if path is None or not path.exists():
+            return {}
+        try:
+            found = pickle.loads(path.read_bytes())  # written by this farm's workers only
+        except Exception as exc:  # noqa: BLE001 - a stale or corrupt file only costs compile time
+            log.warning("could not read the remembered compile buckets in %s: %s", path, exc)
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def _remember(self, key, bucket: Bucket) -> None:
+        import pickle
+
+        if self.cache_dir is None:
+            return
+        remembered = self._remembered()
+        known = remembered.setdefault(repr(key), [])
+        if bucket in known:
+            return
+        known.append(bucket)
+        path = self.cache_dir / BUCKETS_FILE
+        try:
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps(remembered))
+            os.replace(tmp, path)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not remember a compile bucket in %s: %s", path, exc)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no compile is queued or running (True), or the timeout passes (False)."""
         return self._idle.wait(timeout)
@@ -364,6 +408,7 @@ class CompiledUNets:
             return
         log.info("torch.compile (%s) of %s ready for %s after %.1f s", self.mode, _describe(model.key), label, seconds)
         self._save_artifacts()
+        self._remember(model.key, bucket)
 
     # cache artifacts ---------------------------------------------------------------------------
     @property

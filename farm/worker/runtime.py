@@ -47,6 +47,7 @@ from farm.worker.liveness import Heartbeat, Reporter
 from farm.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+PRELOAD_COMPILE_SECONDS = 900.0  # the most a start waits for a preloaded model's remembered compiles
 
 # The events that end a prompt for its client: held until its history entry is written.
 FINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
@@ -128,7 +129,7 @@ class WorkerRuntime:
             path = self.settings.models_dir / "checkpoints" / name
             started = time.perf_counter()
             try:
-                self.models.checkpoint(str(path))
+                model = self.models.checkpoint(str(path))[0]
             except Exception:  # noqa: BLE001 - a model that cannot load fails its prompts, said then
                 log.exception("worker %s could not preload %s", self.name, name)
                 continue
@@ -136,6 +137,14 @@ class WorkerRuntime:
             megabytes = path.stat().st_size / 1e6
             log.info("worker %s preloaded %s: %.0f MB in %.2f s (%.0f MB/s)", self.name, name, megabytes, seconds,
                      megabytes / max(seconds, 1e-9))
+            if self.models.compiler is not None and getattr(model, "compiled", None) is not None:
+                # the shapes it was compiled for before, from the persisted caches: compiled from the first prompt
+                started = time.perf_counter()
+                ready = self.models.compiler.warm((model.key, model.loras), model.unet,
+                                                  timeout=PRELOAD_COMPILE_SECONDS)
+                if ready:
+                    log.info("worker %s compiled %d remembered shape(s) of %s in %.1f s", self.name, ready, name,
+                             time.perf_counter() - started)
 
     def request_stop(self) -> None:
         """SIGTERM: finish the running prompt within the grace, take no more."""

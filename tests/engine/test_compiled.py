@@ -409,3 +409,22 @@ def test_channels_last_applies_on_cuda_only(files):
     forced.channels_last = True
     model, _, vae = forced.checkpoint(files / "a.safetensors")
     assert convs_channels_last(model.unet) and convs_channels_last(vae.vae)
+
+
+def test_a_restarted_worker_compiles_the_remembered_shapes_before_its_first_prompt(tmp_path, fake_compile):
+    first_run = CompiledUNets("default", tmp_path)
+    unet = ToyUNet()
+    model = attach(first_run, toy_model(unet, key=("file", 1)))
+    key = (model.key, model.loras)  # the manager's key: the weights and their LoRAs
+    args, kwargs = unet_inputs(batch=2)
+    with torch.inference_mode():
+        run_unet(model, *args, **kwargs)
+    assert first_run.wait_idle(WAIT)
+    (bucket,) = first_run._models[key].variants
+    # A new process on the same data folder: nothing compiled until warm(), which --preload calls.
+    restarted = CompiledUNets("default", tmp_path)
+    assert restarted.state(key, bucket) is None
+    assert restarted.warm(key, unet, timeout=WAIT) == 1
+    assert restarted.state(key, bucket) == READY
+    assert restarted.get(key, unet, bucket) is not None  # the first prompt is served compiled
+    assert restarted.warm((("other", 1), ()), ToyUNet(), timeout=WAIT) == 0  # nothing remembered for it
