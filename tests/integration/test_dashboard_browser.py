@@ -87,7 +87,7 @@ def test_an_operator_follows_and_steers_a_sweep_in_the_browser(browser, tmp_path
         # A sweep submitted through the API; its page's progress moves without a reload.
         batch_id = api.post(f"{farm.url}/api/batches", timeout=30, data=json.dumps({
             "workflow": seed_workflow(steps=2), "name": "browser sweep",
-            "sweep": {"3.seed": {"range": [1, 8]}}})).json()["batch_id"]
+            "sweep": {"3.seed": {"range": [1, 16]}}})).json()["batch_id"]
         page.goto(f"{farm.url}/dashboard/batches/{batch_id}")
         page.evaluate("window.__stillHere = true")
         first = page.inner_text("main h1 + p small")
@@ -95,16 +95,16 @@ def test_an_operator_follows_and_steers_a_sweep_in_the_browser(browser, tmp_path
                                timeout=60000)
         assert page.evaluate("window.__stillHere") is True  # updated in place, not reloaded
         shots(page, "sweep-moving")
-        # Pause, then resume.
+        # Pause; cancel one cell that has not run yet (paused cells wait: the worker takes
+        # several cells at a time, coalesced, so a queued cell would not wait long); resume.
         page.click("main form.actions >> text=pause")
         page.wait_for_selector("main h1 >> .state.paused")
         shots(page, "paused")
-        page.click("main form.actions >> text=resume")
-        page.wait_for_selector("main h1 >> .state:not(.paused)")
-        # Cancel one cell that has not run yet.
         page.click("main .cancel-cell >> nth=-1")
         page.wait_for_selector("main td >> .state.cancelled")
         shots(page, "cell-cancelled")
+        page.click("main form.actions >> text=resume")
+        page.wait_for_selector("main h1 >> .state:not(.paused)")
         deadline = time.monotonic() + 120
         while api.get(f"{farm.url}/api/batches/{batch_id}", timeout=10).json()["state"] not in ("done", "failed",
                                                                                                  "cancelled"):

@@ -5,10 +5,7 @@ and a rolling worker upgrade whose mix of builds /api/workers shows."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,9 +18,9 @@ from tests.services import fresh_postgres_database, service_url
 
 pytestmark = pytest.mark.integration
 
-REHEARSAL = '''"""A coming migration, rehearsed: a column and an index on the live prompts table.
+EXPAND = '''"""A coming release's migration, rehearsed: a new table, and a column with its index on prompts.
 
-Revision ID: 9999
+Revision ID: 9998
 Revises: {head}
 """
 import sqlalchemy as sa
@@ -31,8 +28,36 @@ from alembic import op
 
 from migrations import online
 
-revision = "9999"
+revision = "9998"
 down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("rehearsal_notes", sa.Column("id", sa.Integer(), primary_key=True), sa.Column("note", sa.Text()))
+    op.add_column("prompts", sa.Column("rehearsal_note", sa.Text(), nullable=True))
+    online.create_index("ix_prompts_rehearsal_note", "prompts", ["rehearsal_note"])
+
+
+def downgrade() -> None:
+    online.drop_index("ix_prompts_rehearsal_note", "prompts")
+    op.drop_column("prompts", "rehearsal_note")
+    op.drop_table("rehearsal_notes")
+'''
+
+REHEARSAL = '''"""A coming migration, rehearsed: a column and an index on the live prompts table.
+
+Revision ID: 9999
+Revises: 9998
+"""
+import sqlalchemy as sa
+from alembic import op
+
+from migrations import online
+
+revision = "9999"
+down_revision = "9998"
 branch_labels = None
 depends_on = None
 
@@ -97,30 +122,30 @@ def stored_ids(database_url: str) -> set[str]:
         engine.dispose()
 
 
-def test_submissions_go_on_while_farm_db_upgrade_runs_and_a_migration_waits_for_a_lock(tmp_path, caplog):
+def test_submissions_go_on_while_migrations_run_and_a_migration_waits_for_a_lock(tmp_path, caplog):
+    """A running farm at head, and a coming release's migrations applied under it as `farm db
+    upgrade` applies them (farm.db.migrate.upgrade, with the coming files as an extra version folder)."""
+    from alembic.script import ScriptDirectory
+
+    from farm.db.migrate import alembic_config
+
     with fresh_postgres_database(service_url("database")) as database_url:
-        upgrade(database_url, "0008")
         redis_url = own_redis_url()
-        farm = SchedulerFarm(tmp_path, database_url, redis_url, redis_url, migrate=False)
+        farm = SchedulerFarm(tmp_path, database_url, redis_url, redis_url)
+        versions = tmp_path / "coming"
+        versions.mkdir()
+        head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+        (versions / "9998_expand.py").write_text(EXPAND.format(head=head))
+        (versions / "9999_rehearsal.py").write_text(REHEARSAL)
         try:
             farm.start_web()
             with Submitter(farm) as submitter:
                 time.sleep(1)
-                # 1. The pending migration (0009), with `farm db upgrade` as operators run it.
-                upgraded = subprocess.run([sys.executable, "-m", "farm.cli", "db", "upgrade"],
-                                          env={**os.environ, **farm.env}, capture_output=True, text=True, timeout=120)
-                assert upgraded.returncode == 0, upgraded.stderr
-                # 2. A coming migration that needs the prompts table to itself while a long
-                # transaction (a report, a backup) reads it: it waits 300 ms at a time and steps
-                # aside in between, so submissions keep being accepted until it gets its turn.
-                versions = tmp_path / "coming"
-                versions.mkdir()
-                from alembic.script import ScriptDirectory
-
-                from farm.db.migrate import alembic_config
-
-                head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
-                (versions / "9999_rehearsal.py").write_text(REHEARSAL.format(head=head))
+                # 1. A new table, a column and its index on prompts, while submissions flow.
+                upgrade(database_url, "9998", extra_versions=[str(versions)])
+                # 2. A migration that needs the prompts table to itself while a long transaction
+                # (a report, a backup) reads it: it waits 300 ms at a time and steps aside in
+                # between, so submissions keep being accepted until it gets its turn.
                 reader = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
                 report = reader.connect()
                 report.execute(text("SELECT count(*) FROM prompts"))  # holds its lock until it ends
