@@ -1,5 +1,5 @@
 """Coalescing on the CPU: a seed sweep (64 prompts by default) on a tiny SD1 checkpoint through
-`farm up --cpu`, timed with coalescing off (FARM_COALESCE_MAX=1), exact (the CPU default: each
+`farm up --cpu`, timed with coalescing off (FARM_COALESCE_MAX=1, the CPU default), exact (each
 member's UNet calls as alone, in one group) and batched (FARM_COALESCE_MODE=batched: one UNet
 call for the group), one after the other in one run on one data folder.
 

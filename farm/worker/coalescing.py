@@ -1,15 +1,15 @@
 """How many prompts a worker samples in one coalesced batch, and how.
 
-FARM_COALESCE_MAX fixes the number (1 turns coalescing off). Otherwise a CPU worker takes up to
-CPU_GROUP (it samples members exactly, one after the other at each step: grouping there saves the
-per-prompt overheads, not UNet time), and a GPU worker starts at FIRST_GPU_GROUP, then measures the
-device memory each member of a group took at its peak and takes as many as 80% of the free
-memory holds, at most MAX_GROUP.
+FARM_COALESCE_MAX fixes the number (1 turns coalescing off). Otherwise a CPU worker does not
+coalesce (CPU_GROUP = 1): sampled exactly, a group saves it nothing (bench/coalesce.py: x0.96), and
+sampled batched its images would differ from the prompts alone by a pixel level. A GPU worker starts
+at FIRST_GPU_GROUP, then measures the device memory each member of a group took at its peak and
+takes as many as 80% of the free memory holds, at most MAX_GROUP.
 """
 
 from __future__ import annotations
 
-CPU_GROUP = 4
+CPU_GROUP = 1
 FIRST_GPU_GROUP = 4
 MAX_GROUP = 16
 
