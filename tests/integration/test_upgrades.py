@@ -185,7 +185,7 @@ def test_a_rolling_worker_upgrade_drains_replaces_and_shows_the_mix(tmp_path):
             farm.start_web()
             for name in ("w1", "w2"):
                 farm.start_worker(name, build="old")
-            ids = [farm.submit(sleep_prompt(150, value=index)) for index in range(24)]
+            ids = [farm.submit(sleep_prompt(100, value=index)) for index in range(14)]
             mixes = []
             for name in ("w1", "w2"):  # one at a time, as a rolling update does
                 stopping = farm.workers.pop(name)
@@ -202,6 +202,6 @@ def test_a_rolling_worker_upgrade_drains_replaces_and_shows_the_mix(tmp_path):
             assert {worker["name"]: worker["version"] for worker in listed} == {"w1": new, "w2": new}
             with create_engine(database_url.replace("postgresql://", "postgresql+psycopg://")).connect() as connection:
                 runs = connection.execute(text("SELECT count(*), sum(attempt) FROM prompts")).one()
-            assert runs[0] == 24
+            assert runs[0] == 14
         finally:
             farm.close()
