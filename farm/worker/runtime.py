@@ -312,25 +312,10 @@ class WorkerRuntime:
             result = self._run(claimed, emit, outputs)
             self.metrics.execution.labels(claimed.team, result.status).observe(time.perf_counter() - started)
             self._deadline = None  # ended: only recording is left, the watchdog has nothing to stop
-            if result.status == "interrupted" and self._abandon.is_set():
-                outputs.discard()
-                execution.requeue(self.context.database, prompt_id, attempt, self.name)
-                self._publish_status()
-                log.info("worker stopping: %s goes back to the queue", prompt_id)
-                return None
-            recorded, following = self._end(claimed, result, held)
-            if recorded:
-                self.metrics.prompts.labels(claimed.team, result.status).inc()
-                outputs.keep()
-            else:
-                outputs.discard()
-            return following
+            return self._settle(claimed, result, held, outputs)
         finally:
             self.models.end_prompt()
-            with self._state_lock:
-                self.info.current_prompt = None
-                self._running = None
-                self._deadline = None
+            self._clear_running()
 
     def _emitter(self, claimed: execution.ClaimedPrompt, held: list[tuple[str, dict]]):
         """The prompt's event sink: published at once, but its final events held until its end is recorded."""
@@ -412,26 +397,36 @@ class WorkerRuntime:
             following = None
             for member, result in zip(members, results):
                 self.metrics.execution.labels(member.team, result.status).observe(seconds)
-                if result.status == "interrupted" and self._abandon.is_set():
-                    outputs[member.prompt_id].discard()
-                    execution.requeue(self.context.database, member.prompt_id, member.attempt, self.name)
-                    log.info("worker stopping: %s goes back to the queue", member.prompt_id)
-                    continue
-                recorded, taken = self._end(member, result, held[member.prompt_id])
-                if recorded:
-                    self.metrics.prompts.labels(member.team, result.status).inc()
-                    outputs[member.prompt_id].keep()
-                else:
-                    outputs[member.prompt_id].discard()
-                following = taken or following
+                following = self._settle(member, result, held[member.prompt_id], outputs[member.prompt_id]) \
+                    or following
             return following
         finally:
             self.models.end_prompt()
-            with self._state_lock:
-                self.info.current_prompt = None
-                self._running = None
-                self._deadline = None
-                self._group_interrupts = {}
+            self._clear_running()
+
+    def _settle(self, claimed, result: ExecutionResult, held, outputs: AttemptOutputs):
+        """After a prompt ran: put it back in the queue when the worker is stopping past its grace,
+        else record its end (keeping its outputs only if recorded); the next prompt taken, if any."""
+        if result.status == "interrupted" and self._abandon.is_set():
+            outputs.discard()
+            execution.requeue(self.context.database, claimed.prompt_id, claimed.attempt, self.name)
+            self._publish_status()
+            log.info("worker stopping: %s goes back to the queue", claimed.prompt_id)
+            return None
+        recorded, following = self._end(claimed, result, held)
+        if recorded:
+            self.metrics.prompts.labels(claimed.team, result.status).inc()
+            outputs.keep()
+        else:
+            outputs.discard()
+        return following
+
+    def _clear_running(self) -> None:
+        with self._state_lock:
+            self.info.current_prompt = None
+            self._running = None
+            self._deadline = None
+            self._group_interrupts = {}
 
     def _end(self, claimed, result: ExecutionResult, held: list[tuple[str, dict]]):
         """Record the prompt's end (taking this worker's next prompt in the same transaction, unless
