@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 API_BLUEPRINTS = ("prompts", "history", "files", "uploads", "models", "nodes", "system", "control", "jobs", "workers",
-                  "teams", "batches", "health", "metrics", "userdata", "editor", "ws")
+                  "teams", "batches", "health", "metrics", "userdata", "editor", "ws", "openapi")
 
 
 def create_app(settings, *, context=None) -> Flask:

@@ -30,7 +30,8 @@ def auth_enabled(settings) -> bool:
 
 DASHBOARD = "/dashboard"
 PUBLIC_ENDPOINTS = ("dashboard.login", "dashboard.static", "frontend.index", "frontend.static_file",
-                    "frontend.user_css", "frontend.favicon", "frontend.template_file")
+                    "frontend.user_css", "frontend.favicon", "frontend.template_file",
+                    "openapi.openapi", "api_openapi.openapi")
 # Who a public page acts as: no team, the lowest role (they act on nothing).
 NOBODY = Principal("", "submit", "anonymous")
 
