@@ -57,6 +57,10 @@ class Settings:
     # Show every child's full log (Celery banner, migrations) instead of the start summary.
     verbose: bool = False
     history_max_items: int = 10000
+    # Ended prompts (history entries, cancelled prompts, whole ended batches) older than this many
+    # days are deleted from the database, a bounded batch at a time; None keeps them forever.
+    # Their output files stay in storage (a bucket lifecycle rule or a cron job ages those).
+    history_retention_days: float | None = None
     # Workers yield the CPU to the API on a shared machine (as render farm agents do).
     worker_nice: int = 5
     # Bytes of loaded models a worker keeps on its device; None = 80% of the free memory at start.
@@ -191,6 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         node_modules=number("node_modules", names_list, ()),
         verbose=number("verbose", _flag, False),
         history_max_items=number("history_max_items", int, 10000),
+        history_retention_days=number("history_retention_days", _positive_or_none, None),
         worker_nice=number("worker_nice", int, 5),
         model_cache_bytes=number("model_cache_bytes", int, None),
         enable_cors_header=get("enable_cors_header"),
@@ -316,6 +321,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "FARM_COMPILE_UNET": settings.compile_unet,
         "FARM_CHANNELS_LAST": "1" if settings.channels_last else "0",
     }
+    if settings.history_retention_days is not None:
+        env["FARM_HISTORY_RETENTION_DAYS"] = str(settings.history_retention_days)
     if settings.prompt_timeout_seconds is not None:
         env["FARM_PROMPT_TIMEOUT_SECONDS"] = str(settings.prompt_timeout_seconds)
     if settings.worker_tags:

@@ -7,7 +7,7 @@ import datetime as dt
 import enum
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
-                        Text, TypeDecorator)
+                        Text, TypeDecorator, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -112,6 +112,8 @@ class Prompt(Base):
     # Prompts with the same key may be sampled together in one batch (farm.graph.coalesce); None:
     # it runs alone.
     coalesce_key: Mapped[str | None] = mapped_column(String(48))
+    # The editor's workflow id (extra_pnginfo.workflow.id), for GET /api/jobs?workflow_id=.
+    workflow_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # The queue order: front, then priority (queue_rank), then number and prompt_id (ComfyUI's
@@ -126,6 +128,14 @@ class Prompt(Base):
         Index("ix_prompts_worker", "worker", "state"),
         # A worker's companions for a group: the queued prompts of one key, in queue order.
         Index("ix_prompts_coalesce", "coalesce_key", "state", "queue_rank", "number", "prompt_id"),
+        # GET /api/jobs, newest first: per state (a list over several states merges each state's
+        # first rows), per team and state, and per workflow id.
+        Index("ix_prompts_state_created", "state", "created_at", "prompt_id"),
+        Index("ix_prompts_team_created", "team", "state", "created_at", "prompt_id"),
+        Index("ix_prompts_workflow", "workflow_id", "created_at", "prompt_id",
+              postgresql_where=text("workflow_id IS NOT NULL"), sqlite_where=text("workflow_id IS NOT NULL")),
+        # A team's history in completion order.
+        Index("ix_prompts_team_history", "team", "finished_at", "prompt_id"),
     )
 
 
@@ -191,6 +201,28 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class PromptCount(Base):
+    """How many prompts a team has in a state, kept by triggers on prompts (migration 0011);
+    on PostgreSQL plus the rows of prompt_count_deltas not yet folded in (farm.db.prompt_counts)."""
+
+    __tablename__ = "prompt_counts"
+
+    team: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class PromptCountDelta(Base):
+    """A change to a PromptCount, appended by the triggers on PostgreSQL (no row lock taken)."""
+
+    __tablename__ = "prompt_count_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    team: Mapped[str] = mapped_column(String(64), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    n: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class Team(Base):

@@ -14,10 +14,11 @@ import dataclasses
 import json
 import uuid
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import insert
 
 from farm.db.clock import db_now
-from farm.db.models import Batch, Counter, Prompt, PromptState
+from farm.db import numbers
+from farm.db.models import Batch, Prompt, PromptState
 from farm.graph import errors
 from farm.graph.coalesce import coalesce_key, only_per_sample
 from farm.graph.links import is_link
@@ -31,14 +32,11 @@ from farm.services.submit import (
     over_queue_quota,
     rank_of,
     request_hash,
+    workflow_id_of,
 )
 from farm.services.sweep import Sweep, SweepError, apply, parse_rows, parse_sweep
 
-_prompts, _counters = Prompt.__table__, Counter.__table__
-_RESERVE_NUMBERS = (
-    update(_counters).where(_counters.c.name == "prompt_number")
-    .values(value=_counters.c.value + bindparam("count")).returning(_counters.c.value)
-)
+_prompts = Prompt.__table__
 _INSERT_CELL = insert(_prompts).values(created_at=db_now())
 
 
@@ -235,12 +233,11 @@ def create(farm, body, principal: Principal, rows_text: str | None = None, rows_
             "needs_id": farm.needs_ids.get(farm.database, sorted([*cell.needs, *tag_needs(request.tags)])),
             "batch_id": batch_id, "cell_index": index,
             "cell_values": cell.values, "priority": request.priority, "queue_rank": rank_of(request.priority),
-            "tags": request.tags or None, "coalesce_key": key,
+            "tags": request.tags or None, "coalesce_key": key, "workflow_id": workflow_id_of(extra),
         })
     with farm.database.write_connection() as connection:
-        last = connection.execute(_RESERVE_NUMBERS, {"count": len(rows)}).scalar_one()
-        for offset, row in enumerate(rows):
-            row["number"] = last - len(rows) + offset
+        for row, number in zip(rows, numbers.take(connection, len(rows))):
+            row["number"] = number
         connection.execute(insert(Batch.__table__).values(
             id=batch_id, team=principal.team, name=request.name, priority=request.priority, paused=False,
             cancelled=False, max_workers=request.max_workers, tags=request.tags, webhook=request.webhook,

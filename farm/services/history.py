@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from farm.db import prompt_counts
 from farm.db.models import Prompt, PromptState
 from farm.services.submit import number_json
 from farm.services.waiting import waiting_reasons
@@ -20,37 +21,44 @@ def _team_filter(query, team: str | None):
     return query if team is None else query.where(Prompt.team == team)
 
 
-def queue(database, settings=None, team: str | None = None) -> dict:
+_ACTIVE = [s.value for s in PromptState.active()]
+_OPEN = [PromptState.QUEUED.value, *_ACTIVE]
+# GET /queue lists at most this many pending prompts when the request names no `limit`, and never
+# more than QUEUE_MAX_LIMIT: ComfyUI lists its whole queue, which a farm's 100,000 queued prompts
+# (graphs included) would make a response of gigabytes. queue_remaining still counts them all.
+QUEUE_DEFAULT_LIMIT = 1000
+QUEUE_MAX_LIMIT = 10000
+_QUEUE_COLUMNS = (Prompt.number, Prompt.prompt_id, Prompt.prompt, Prompt.extra_data, Prompt.outputs_to_execute,
+                  Prompt.state, Prompt.needs_id)
+
+
+def queue(database, settings=None, team: str | None = None, limit: int | None = None, offset: int = 0) -> dict:
     """Running (dispatched or running, on any worker) and pending prompts of `team` (None: all),
-    in run order. A pending prompt that waits for something other than its turn says why in
+    in run order; pending ones from `offset`, at most `limit` of them (see QUEUE_DEFAULT_LIMIT).
+    A pending prompt that waits for something other than its turn says why in
     extra_data.farm_waiting_for."""
-    with database.reading() as session:
-        rows = session.execute(_team_filter(
-            select(Prompt)
-            .where(Prompt.state.in_([PromptState.QUEUED.value, *[s.value for s in PromptState.active()]]))
-            .order_by(Prompt.queue_rank, Prompt.number, Prompt.prompt_id), team)
-        ).scalars().all()
-    reasons = {} if settings is None else waiting_reasons(database, settings, rows)
+    limit = QUEUE_DEFAULT_LIMIT if limit is None else max(0, min(limit, QUEUE_MAX_LIMIT))
+    order = (Prompt.queue_rank, Prompt.number, Prompt.prompt_id)
+    with database.reading() as session:  # plain rows, not ORM objects: a page is 1,000 of them
+        running = session.execute(_team_filter(
+            select(*_QUEUE_COLUMNS).where(Prompt.state.in_(_ACTIVE)).order_by(*order), team)).all()
+        waiting = session.execute(_team_filter(
+            select(*_QUEUE_COLUMNS).where(Prompt.state == PromptState.QUEUED.value).order_by(*order), team)
+            .offset(max(offset, 0)).limit(limit)).all()
+    reasons = {} if settings is None else waiting_reasons(database, settings, waiting)
     pending = []
-    for row in rows:
-        if row.state == PromptState.QUEUED.value:
-            item = queue_item(row)
-            if row.prompt_id in reasons:
-                item[3] = {**(item[3] or {}), "farm_waiting_for": reasons[row.prompt_id]}
-            pending.append(item)
-    return {
-        "queue_running": [queue_item(r) for r in rows if r.state != PromptState.QUEUED.value],
-        "queue_pending": pending,
-    }
+    for row in waiting:
+        item = queue_item(row)
+        if row.prompt_id in reasons:
+            item[3] = {**(item[3] or {}), "farm_waiting_for": reasons[row.prompt_id]}
+        pending.append(item)
+    return {"queue_running": [queue_item(r) for r in running], "queue_pending": pending}
 
 
 def queue_remaining(database) -> int:
-    with database.reading() as session:
-        return session.scalar(
-            select(func.count()).select_from(Prompt).where(
-                Prompt.state.in_([PromptState.QUEUED.value, *[s.value for s in PromptState.active()]])
-            )
-        )
+    """ComfyUI's queue_remaining: pending plus running prompts, of every team (O(1): kept counts)."""
+    with database.engine.connect() as connection:
+        return prompt_counts.count(connection, _OPEN)
 
 
 def history_entry(row: Prompt) -> dict:
@@ -80,23 +88,25 @@ def history_one(database, prompt_id: str, team: str | None = None) -> dict:
 
 def history_page(database, max_items: int | None, offset: int | None, cap: int, team: str | None = None) -> dict:
     """ComfyUI's paging over `team`'s history (None: all): oldest first; `max_items` alone gives
-    the most recent M (spec §3.7)."""
-    with database.reading() as session:
-        total = session.scalar(_team_filter(
-            select(func.count()).select_from(Prompt).where(Prompt.state.in_(FINISHED)), team))
-        if offset is None or offset < 0:
-            limit = cap if max_items is None else max_items
-            if limit < 0:
-                return {}
-            start = max(total - limit, 0)
-        else:
-            start = offset
-            limit = cap if max_items is None else max(max_items, 1)
-        if start >= total or limit == 0:
+    the most recent M (spec §3.7). At most `cap` entries (ComfyUI keeps no more than 10,000).
+
+    Never counts the history: the most recent M are read newest first and turned around, and an
+    `offset` skips from the oldest end along the index (costing the entries skipped)."""
+    if offset is None or offset < 0:
+        limit = cap if max_items is None else min(max_items, cap)
+        if limit <= 0:
             return {}
-        rows = session.execute(_team_filter(
-            select(Prompt).where(Prompt.state.in_(FINISHED))
-            .order_by(Prompt.finished_at, Prompt.prompt_id)
-            .offset(start).limit(limit), team)
-        ).scalars().all()
+        newest_first = True
+    else:
+        limit = cap if max_items is None else min(max(max_items, 1), cap)
+        newest_first = False
+    query = _team_filter(select(Prompt).where(Prompt.finished_at.is_not(None), Prompt.state.in_(FINISHED)), team)
+    if newest_first:
+        query = query.order_by(Prompt.finished_at.desc(), Prompt.prompt_id.desc()).limit(limit)
+    else:
+        query = query.order_by(Prompt.finished_at, Prompt.prompt_id).offset(offset).limit(limit)
+    with database.reading() as session:
+        rows = session.execute(query).scalars().all()
+    if newest_first:
+        rows.reverse()
     return {row.prompt_id: history_entry(row) for row in rows}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import datetime as dt
+import json
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, literal, select, tuple_, union_all
+
+from farm.db import prompt_counts
 
 from farm.db.models import Prompt, PromptState
 from farm.services import queue_control
@@ -28,14 +33,23 @@ class JobQueryError(ValueError):
     """A jobs list parameter that is not valid (answered as 400 {"error": text})."""
 
 
+# A page holds DEFAULT_LIMIT jobs when the request names no limit, and never more than MAX_LIMIT
+# (ComfyUI lists every job when no limit is given; a farm's history holds millions).
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
 @dataclasses.dataclass
 class JobQuery:
     statuses: list[str] | None = None
     workflow_id: str | None = None
     sort_by: str = "created_at"
     descending: bool = True
-    limit: int | None = None
+    limit: int = DEFAULT_LIMIT
     offset: int = 0
+    # Keyset paging (the farm's addition): the (created_at, id) of the last job of the previous
+    # page, from its pagination.next_cursor; a deep page costs what the first one does.
+    after: tuple[dt.datetime, str] | None = None
 
     @classmethod
     def parse(cls, args) -> "JobQuery":
@@ -61,12 +75,33 @@ class JobQuery:
                 raise JobQueryError("limit must be a positive integer") from None
             if query.limit <= 0:
                 raise JobQueryError("limit must be a positive integer")
+            query.limit = min(query.limit, MAX_LIMIT)
         if args.get("offset") is not None:
             try:
                 query.offset = max(int(args["offset"]), 0)
             except ValueError:
                 raise JobQueryError("offset must be an integer") from None
+        if args.get("cursor"):
+            if query.sort_by != "created_at":
+                raise JobQueryError("cursor paging needs sort_by=created_at")
+            query.after = decode_cursor(args["cursor"])
         return query
+
+
+def encode_cursor(created_at: dt.datetime, job_id: str) -> str:
+    text = json.dumps([created_at.isoformat(), job_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        moment, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        when = dt.datetime.fromisoformat(moment)
+        if when.tzinfo is None or not isinstance(job_id, str):
+            raise ValueError(cursor)
+        return when, job_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise JobQueryError("cursor must be a pagination.next_cursor of an earlier page") from None
 
 
 def _ms(moment) -> int | None:
@@ -92,7 +127,6 @@ def _output_items(outputs: dict):
 def job_summary(row: Prompt) -> dict:
     items = list(_output_items(row.outputs))
     previewable = [(node, media, item) for node, media, item in items if media in PREVIEWABLE]
-    workflow = (row.extra_data.get("extra_pnginfo") or {}).get("workflow") if isinstance(row.extra_data, dict) else None
     job = {
         "id": row.prompt_id,
         "status": STATUS_OF_STATE[row.state],
@@ -106,7 +140,7 @@ def job_summary(row: Prompt) -> dict:
         "previewable_outputs_count": len(previewable),
         "preview_output": ({**previewable[0][2], "nodeId": previewable[0][0], "mediaType": previewable[0][1]}
                            if previewable else None),
-        "workflow_id": workflow.get("id") if isinstance(workflow, dict) else None,
+        "workflow_id": row.workflow_id,
     }
     return {key: value for key, value in job.items() if value is not None}
 
@@ -121,30 +155,66 @@ def job_detail(row: Prompt) -> dict:
     }
 
 
+# What a list shows of each job: never the graphs (a detail's `workflow` has them).
+_table = Prompt.__table__
+_SUMMARY_COLUMNS = [_table.c[name] for name in (
+    "prompt_id", "state", "number", "created_at", "started_at", "finished_at", "messages", "execution_error",
+    "outputs", "workflow_id", "needs_id")]
+_EVERY_STATE = [state for states in JOB_STATUSES.values() for state in states]
+
+
 def list_jobs(database, query: JobQuery, settings=None, team: str | None = None) -> dict:
-    """`team`'s jobs (None: every team's)."""
-    table = Prompt.__table__
-    conditions = [] if team is None else [table.c.team == team]
-    if query.statuses:
-        conditions.append(table.c.state.in_([s for status in query.statuses for s in JOB_STATUSES[status]]))
-    if query.workflow_id:
-        conditions.append(
-            table.c.extra_data["extra_pnginfo"]["workflow"]["id"].as_string() == query.workflow_id
-        )
+    """`team`'s jobs (None: every team's), a page at a time.
+
+    Newest (or oldest) first, each state's jobs are read along its own index and the pages merged,
+    so a page costs the same at the top of a million jobs as deep in them (with `cursor`; `offset`
+    costs the jobs it skips). The total comes from the kept counts (farm.db.prompt_counts), or with
+    `workflow_id` from that workflow's index."""
+    states = [s for status in query.statuses for s in JOB_STATUSES[status]] if query.statuses else _EVERY_STATE
+    base = [] if team is None else [_table.c.team == team]
+    wanted = query.offset + query.limit + 1  # each state's share of the page, and one more: is there more?
     if query.sort_by == "execution_duration":
         if database.is_sqlite:
-            key = func.julianday(table.c.finished_at) - func.julianday(table.c.started_at)
+            key = func.julianday(_table.c.finished_at) - func.julianday(_table.c.started_at)
         else:
-            key = func.extract("epoch", table.c.finished_at - table.c.started_at)
+            key = func.extract("epoch", _table.c.finished_at - _table.c.started_at)
     else:
-        key = table.c.created_at
-    order = [key.desc() if query.descending else key.asc(), table.c.prompt_id]
+        key = _table.c.created_at
+
+    def ordered(statement, columns):
+        sort_key, tie = columns
+        return statement.order_by(sort_key.desc() if query.descending else sort_key.asc(),
+                                  tie.desc() if query.descending else tie.asc())
+
+    def page_of(conditions, columns=(*_SUMMARY_COLUMNS, key.label("sort_key"))):
+        if query.after is not None:
+            position = tuple_(_table.c.created_at, _table.c.prompt_id)
+            after = tuple_(literal(query.after[0], _table.c.created_at.type), literal(query.after[1], String()))
+            conditions = [*conditions, position < after if query.descending else position > after]
+        return ordered(select(*columns).where(*conditions), (key, _table.c.prompt_id))
+
+    if query.workflow_id is not None:
+        # One workflow's jobs are few: its own index, filtered by state.
+        statement = page_of([*base, _table.c.workflow_id == query.workflow_id, _table.c.state.in_(states)])
+    elif query.sort_by == "created_at":
+        # Each state's first ids from its index alone (an index-only scan), then the page's rows.
+        keys = (_table.c.created_at, _table.c.prompt_id)
+        merged = union_all(*[select(page_of([*base, _table.c.state == state], keys).limit(wanted).subquery())
+                             for state in states]).subquery()
+        statement = ordered(
+            select(*_SUMMARY_COLUMNS).join_from(merged, _table, _table.c.prompt_id == merged.c.prompt_id),
+            (merged.c.created_at, merged.c.prompt_id))
+    else:
+        statement = page_of([*base, _table.c.state.in_(states)])
     with database.reading() as session:
-        total = session.scalar(select(func.count()).select_from(table).where(*conditions))
-        statement = select(Prompt).where(*conditions).order_by(*order).offset(query.offset)
-        if query.limit is not None:
-            statement = statement.limit(query.limit)
-        rows = session.scalars(statement).all()
+        rows = session.execute(statement.offset(query.offset).limit(query.limit + 1)).all()
+        if query.workflow_id is not None:
+            total = session.scalar(select(func.count()).select_from(_table).where(
+                *base, _table.c.workflow_id == query.workflow_id, _table.c.state.in_(states)))
+        else:
+            total = prompt_counts.count(session, states, team)
+    has_more = len(rows) > query.limit
+    rows = rows[:query.limit]
     reasons = {} if settings is None else waiting_reasons(database, settings, rows)
     jobs = [job_summary(row) for row in rows]
     for job in jobs:
@@ -156,7 +226,9 @@ def list_jobs(database, query: JobQuery, settings=None, team: str | None = None)
             "offset": query.offset,
             "limit": query.limit,
             "total": total,
-            "has_more": query.offset + len(rows) < total,
+            "has_more": has_more,
+            "next_cursor": (encode_cursor(rows[-1].created_at, rows[-1].prompt_id)
+                            if has_more and query.sort_by == "created_at" else None),
         },
     }
 

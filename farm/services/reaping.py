@@ -24,10 +24,12 @@ import time
 
 from sqlalchemy import select
 
+from farm.db import prompt_counts
 from farm.db.clock import ago, db_now
 from farm.db.models import Prompt, PromptState, Worker
 from farm.graph.executor import now_ms
 from farm.services import cell_retries, webhooks
+from farm.services.retention import RetentionClock
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,7 @@ class Reaper:
         self._answering_since: float | None = None
         self._answered_at = float("-inf")
         self._max_gap = max(settings.worker_timeout_seconds / 2, 2.5 * settings.heartbeat_seconds)
+        self.retention = RetentionClock(database, settings)
 
     def run_once(self) -> Reaped | None:
         now = time.monotonic()
@@ -197,6 +200,16 @@ class Reaper:
                 log.warning("reaping paused: the database is not answering", exc_info=True)
             self._answering_since = None
             return None
+        try:
+            prompt_counts.compact(self.database)  # bounds what every queue count reads
+        except Exception:  # noqa: BLE001 - the deltas wait for the next round; counts stay exact
+            log.warning("compacting the prompt counts failed", exc_info=True)
+        try:
+            pruned = self.retention.tick()
+            if pruned:
+                log.info("history retention: deleted %d ended prompts and %d batches", pruned.prompts, pruned.batches)
+        except Exception:  # noqa: BLE001 - pruned again on a later round
+            log.warning("pruning the history failed", exc_info=True)
         if self._answering_since is None or now - self._answered_at > self._max_gap:
             self._answering_since = now
         self._answered_at = now

@@ -10,16 +10,19 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import uuid
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from farm.db.clock import db_now
-from farm.db.models import Counter, ModelNeeds, Prompt, PromptState
+from farm.db import numbers, prompt_counts
+from farm.db.models import ModelNeeds, Prompt, PromptState
 from farm.db.upsert import insert_for
 from farm.graph import errors
 from farm.graph.coalesce import coalesce_key
+from farm.graph.storable import body_refusal
 from farm.graph.validation import validate_prompt
 from farm.services.principal import LOCAL, Principal
 
@@ -29,10 +32,6 @@ log = logging.getLogger(__name__)
 SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
 
 # Built once: submission is the hot path, and building statements costs more than running them.
-_NEXT_NUMBER = (
-    update(Counter.__table__).where(Counter.__table__.c.name == "prompt_number")
-    .values(value=Counter.__table__.c.value + 1).returning(Counter.__table__.c.value)
-)
 # Accepted at the database's time, the clock every other prompt time is judged by.
 _INSERT_PROMPT = insert(Prompt.__table__).values(created_at=db_now())
 _NEEDS_ID = select(ModelNeeds.__table__.c.id).where(ModelNeeds.__table__.c.key == bindparam("key"))
@@ -86,6 +85,9 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
     FarmContext. `front` needs the operator role (it passes every other team's work)."""
     if not isinstance(body, dict) or "prompt" not in body:
         return _refuse(errors.no_prompt())
+    refusal = body_refusal(body)  # NaN, Infinity, NUL, nesting past 100: nothing below may meet them
+    if refusal is not None:
+        return _refuse(*refusal)
     if body.get("front") and "number" not in body:
         principal.require("operator", "front (running before everything queued)")
 
@@ -105,15 +107,19 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
     extra_data = {k: v for k, v in extra_data.items() if k not in SENSITIVE_EXTRA_DATA}
     if "client_id" in body:
         extra_data["client_id"] = body["client_id"]
+    if len(str(body.get("client_id", ""))) > 255:  # the column's size: PostgreSQL would refuse the row
+        return _refuse(errors.invalid_prompt("client_id must be at most 255 characters"))
     targets = body.get("partial_execution_targets")
     if targets is not None and not isinstance(targets, list):
         return _refuse(errors.invalid_prompt("partial_execution_targets must be a list of node ids"))
     given_number = None
     if "number" in body:
         try:
-            given_number = float(body["number"])
-        except (TypeError, ValueError):
-            return _refuse(errors.invalid_prompt(f"number must be a number, got {body['number']!r}"))
+            given_number = float(body["number"])  # 10**400 overflows; "nan" and "1e999" parse
+        except (TypeError, ValueError, OverflowError):
+            given_number = math.nan
+        if not math.isfinite(given_number):
+            return _refuse(errors.invalid_prompt(f"number must be a finite number, got {str(body['number'])[:100]}"))
 
     validation = validate_prompt(body["prompt"], farm.registry, farm.node_env_for(principal.team), targets)
     if not validation.ok:
@@ -141,11 +147,12 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
     )
     row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
     row["coalesce_key"] = coalesce_key(validation.prompt, validation.outputs)
+    row["workflow_id"] = workflow_id_of(extra_data)
     try:
         with farm.database.write_connection() as connection:
             if given_number is None:
-                counter = connection.execute(_NEXT_NUMBER).scalar_one()
-                row["number"] = -(counter - 1) if front else counter - 1
+                (number,) = numbers.take(connection)
+                row["number"] = -number if front else number
             else:
                 row["number"] = given_number
             connection.execute(_INSERT_PROMPT, row)
@@ -173,9 +180,8 @@ def over_queue_quota(farm, team: str, adding: int) -> SubmitAnswer | None:
     limit = teams.limits(team).max_queued if teams is not None else None
     if limit is None:
         return None
-    with farm.database.reading() as session:
-        pending = session.scalar(select(func.count()).select_from(Prompt).where(
-            Prompt.team == team, Prompt.state.in_(_PENDING)))
+    with farm.database.engine.connect() as connection:
+        pending = prompt_counts.count(connection, _PENDING, team)
     if pending + adding <= limit:
         return None
     return SubmitAnswer(429, {"error": errors.error(
@@ -187,6 +193,14 @@ def over_queue_quota(farm, team: str, adding: int) -> SubmitAnswer | None:
 def rank_of(priority: int) -> int:
     """The queue_rank of a prompt of this priority (0-100) that is not `front` (front is 0)."""
     return 101 - priority
+
+
+def workflow_id_of(extra_data: dict) -> str | None:
+    """The editor's workflow id (extra_pnginfo.workflow.id) when it is a string, cut to 64 characters."""
+    found = extra_data
+    for key in ("extra_pnginfo", "workflow", "id"):
+        found = found.get(key) if isinstance(found, dict) else None
+    return found[:64] if isinstance(found, str) else None
 
 
 def number_json(number: float) -> float | int:

@@ -104,7 +104,8 @@ def test_jobs_list_filters_pages_and_details(client, context, sender):
 
     body = client.get("/api/jobs").get_json()
     assert [job["id"] for job in body["jobs"]] == [cancelled, pending, running, failed, done]
-    assert body["pagination"] == {"offset": 0, "limit": None, "total": 5, "has_more": False}
+    # A page holds 100 jobs unless the request says otherwise (ComfyUI: all of them).
+    assert body["pagination"] == {"offset": 0, "limit": 100, "total": 5, "has_more": False, "next_cursor": None}
     statuses = {job["id"]: job["status"] for job in body["jobs"]}
     assert statuses == {done: "completed", failed: "failed", running: "in_progress", pending: "pending",
                         cancelled: "cancelled"}
@@ -121,12 +122,28 @@ def test_jobs_list_filters_pages_and_details(client, context, sender):
 
     page = client.get("/api/jobs?status=completed,failed&sort_order=asc&limit=1&offset=1").get_json()
     assert [job["id"] for job in page["jobs"]] == [failed]
-    assert page["pagination"] == {"offset": 1, "limit": 1, "total": 2, "has_more": False}
+    assert page["pagination"] == {"offset": 1, "limit": 1, "total": 2, "has_more": False, "next_cursor": None}
+    # Keyset paging: each page's next_cursor leads to the next, through every state's jobs.
+    seen, cursor = [], ""
+    for _ in range(6):
+        page = client.get(f"/api/jobs?limit=2&cursor={cursor}").get_json()
+        seen += [job["id"] for job in page["jobs"]]
+        assert page["pagination"]["total"] == 5
+        cursor = page["pagination"]["next_cursor"]
+        assert (cursor is not None) == page["pagination"]["has_more"]
+        if cursor is None:
+            break
+    assert seen == [cancelled, pending, running, failed, done]
+    oldest = client.get("/api/jobs?sort_order=asc&limit=3").get_json()["pagination"]["next_cursor"]
+    assert [j["id"] for j in client.get(f"/api/jobs?sort_order=asc&cursor={oldest}").get_json()["jobs"]] == [
+        pending, cancelled]
+    assert client.get("/api/jobs?limit=100000").get_json()["pagination"]["limit"] == 1000
     assert [j["id"] for j in client.get("/api/jobs?workflow_id=wf-1").get_json()["jobs"]] == [done]
     assert client.get("/api/jobs?offset=-5&limit=2").get_json()["pagination"]["offset"] == 0
     by_duration = client.get("/api/jobs?status=completed,failed&sort_by=execution_duration").get_json()
     assert {job["id"] for job in by_duration["jobs"]} == {done, failed}
-    for bad in ("status=weird", "limit=0", "limit=x", "sort_by=name", "sort_order=up", "offset=x"):
+    for bad in ("status=weird", "limit=0", "limit=x", "sort_by=name", "sort_order=up", "offset=x", "cursor=x",
+                "cursor=WzFd", "sort_by=execution_duration&cursor=" + oldest):
         response = client.get(f"/api/jobs?{bad}")
         assert response.status_code == 400 and isinstance(response.get_json()["error"], str)
 

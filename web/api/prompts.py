@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from farm.services import history
 from farm.services.submit import submit_prompt
 from web.auth import principal
 from web.context import farm, json_body
+from web.errors import error_response
 
 blueprint = Blueprint("prompts", __name__)
 
@@ -25,4 +26,21 @@ def get_prompt():
 
 @blueprint.get("/queue")
 def get_queue():
-    return jsonify(history.queue(farm().database, farm().settings, team=principal().scope))
+    """ComfyUI's /queue, with the pending list paged (`limit`, default 1,000, at most 10,000;
+    `offset`): a farm's queue may hold 100,000 prompts. GET /prompt counts them all."""
+    try:
+        limit = _whole(request.args.get("limit"))
+        offset = _whole(request.args.get("offset")) or 0
+    except ValueError:
+        return error_response(400, "invalid_query", "limit and offset must be whole numbers, 0 or more",
+                              request.query_string.decode(errors="replace"))
+    return jsonify(history.queue(farm().database, farm().settings, team=principal().scope, limit=limit, offset=offset))
+
+
+def _whole(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
