@@ -26,5 +26,10 @@ def json_body(default=None):
         raise BadJSON("the request body is empty; expected a JSON object")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exception:
-        raise BadJSON(f"the request body is not valid JSON: {exception}") from None
+    except RecursionError:
+        # The parser recurses once per level: 100,000 nested lists must be a 400, not a 500.
+        raise BadJSON("the request body is nested too deeply to be parsed") from None
+    except ValueError as exception:
+        # Besides syntax and encoding errors: an integer of more than 4300 digits (Python's
+        # int_max_str_digits), which the parser refuses with a plain ValueError.
+        raise BadJSON(f"the request body is not valid JSON: {str(exception)[:300]}") from None

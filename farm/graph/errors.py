@@ -118,8 +118,14 @@ def custom_validation_failed(name: str, message: str) -> dict:
     )
 
 
-def dependency_cycle(node_id: str, cycle: list[str], path: str) -> dict:
-    return error(
-        "dependency_cycle", "Dependency cycle detected", path,
-        {"node_id": node_id, "cycle_nodes": list(cycle)},
-    )
+def dependency_cycle(node_id: str, cycle: list[str], path: str, length: int | None = None) -> dict:
+    """`cycle` may be the first nodes of a long cycle only; then `length` says how long it is."""
+    extra_info = {"node_id": node_id, "cycle_nodes": list(cycle)}
+    if length is not None and length > len(cycle):
+        extra_info["cycle_length"] = length
+    return error("dependency_cycle", "Dependency cycle detected", path, extra_info)
+
+
+def invalid_input_value(name: str, details: str) -> dict:
+    """A value the farm cannot store or answer with (NaN, Infinity, NUL, too deep): not ComfyUI's."""
+    return error("invalid_input_value", "Input value cannot be accepted", f"{name}: {details}", {"input_name": name})
