@@ -2,16 +2,20 @@
 
 Runs in the web process without torch. Nodes are visited once each, dependencies first, in an
 iterative depth-first order, so graphs of any depth validate without recursion limits and a
-static cycle is reported as `dependency_cycle` instead of crashing.
+static cycle is reported as `dependency_cycle` instead of crashing. No step costs more than
+linear time in the size of the prompt, whatever its shape (bench/validation_worst.py): a cycle's
+nodes are marked once each however many cycles pass through them, and dependent_outputs come
+from farm.graph.dependents rather than a walk per failing output.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import traceback
 from typing import Any
 
-from farm.graph import errors
+from farm.graph import dependents, errors
 from farm.graph.links import is_link
 from farm.graph.types import types_compatible
 from farm.nodes.base import ModelChoices, NodeEnvironment
@@ -43,7 +47,7 @@ def validate_prompt(
     if not isinstance(prompt, dict):
         return Validation(prompt, [], {}, errors.invalid_prompt("the prompt must be an object of nodes keyed by node id"))
     for node_id, node in prompt.items():
-        failure = _check_node_type(node_id, node, registry)
+        failure = _check_node_id(node_id) or _check_node_type(node_id, node, registry)
         if failure:
             return Validation(prompt, [], {}, failure)
 
@@ -58,12 +62,12 @@ def validate_prompt(
     good: list[str] = []
     failed_outputs: list[str] = []
     for output_id in outputs:
+        checker.failed_so_far = len(failed_outputs)
         if checker.valid(output_id):
             good.append(output_id)
         else:
             failed_outputs.append(output_id)
-            for node_id in checker.failing_nodes_under(output_id):
-                checker.node_errors[node_id]["dependent_outputs"].append(output_id)
+    checker.record_dependent_outputs(failed_outputs)
 
     node_errors = {node_id: entry for node_id, entry in checker.node_errors.items() if entry["errors"]}
     if not good:
@@ -74,6 +78,15 @@ def validate_prompt(
         ]
         return Validation(prompt, [], node_errors, errors.outputs_failed("\n".join(lines)))
     return Validation(prompt, good, node_errors, needs=sorted(checker.needs))
+
+
+MAX_NODE_ID = 255  # an id is echoed in many errors (cycles, dependent_outputs): long ones would multiply
+
+
+def _check_node_id(node_id: str) -> dict | None:
+    if isinstance(node_id, str) and len(node_id) > MAX_NODE_ID:
+        return errors.invalid_prompt(f"node id '{node_id[:40]}...' is longer than {MAX_NODE_ID} characters")
+    return None
 
 
 def _check_node_type(node_id: str, node: Any, registry: NodeRegistry) -> dict | None:
@@ -99,7 +112,17 @@ class _Checker:
         self.node_errors: dict[str, dict] = {}
         self.exceptions: dict[str, tuple[str, str, list[str]]] = {}  # node id -> (type, message, traceback)
         self._schemas: dict[str, dict] = {}
+        self._declared: dict[str, list[tuple[str, bool, list]]] = {}
+        self._links: dict[str, list[tuple[str, Any]]] = {}
+        self._labels: dict[str, str] = {}
+        self._cycle_texts: dict[tuple[int, str], tuple[list[str], str]] = {}
         self.needs: set[str] = set()
+        # Node on a reported cycle -> the lowest path index of a run of marked nodes ending at it.
+        self._cycle_floor: dict[str, int] = {}
+        # How many outputs had failed when each node_errors entry got its first error: an output
+        # that failed before that did not see the error, and is not listed as depending on it.
+        self.failed_so_far = 0
+        self._errors_since: dict[str, int] = {}
 
     def schema(self, class_type: str) -> dict:
         if class_type not in self._schemas:
@@ -113,41 +136,44 @@ class _Checker:
             node_id, {"errors": [], "dependent_outputs": [], "class_type": class_type}
         )
         entry["errors"].append(error)
+        self._errors_since.setdefault(node_id, self.failed_so_far)
 
-    def declared_links(self, node_id: str):
-        """(input name, source id) for every declared input of `node_id` that is a link."""
-        node = self.prompt[node_id]
-        schema = self.schema(node["class_type"])
-        for section in ("required", "optional"):
-            for name in schema.get(section, {}):
-                value = node["inputs"].get(name)
-                if is_link(value, strict=False):
-                    yield name, value[0]
+    def declared_links(self, node_id: str) -> list[tuple[str, Any]]:
+        """(input name, source id) for every declared input of `node_id` that is a link, as the
+        node was submitted (listed once: the walks for checks, cycles and dependents share it)."""
+        links = self._links.get(node_id)
+        if links is None:
+            node = self.prompt[node_id]
+            inputs = node["inputs"]
+            links = self._links[node_id] = [
+                (name, inputs[name][0]) for name, _required, _config in self.declared(node["class_type"])
+                if is_link(inputs.get(name), strict=False)]
+        return links
 
     def valid(self, root: str) -> bool:
         # Iterative DFS: a node is checked after all of its (existing) upstream nodes.
         stack: list[tuple[str, bool]] = [(root, False)]
         on_path: list[str] = []  # the grey nodes, in order (for reporting a cycle)...
-        on_path_set: set[str] = set()  # ...and as a set, for constant-time membership
+        position: dict[str, int] = {}  # ...and each one's index there, for constant-time lookups
         while stack:
             node_id, expanded = stack.pop()
             if expanded:
-                on_path_set.discard(on_path.pop())
+                del position[on_path.pop()]
                 self.result[node_id] = self._check_guarded(node_id)
                 continue
             if node_id in self.result:
                 continue
-            if node_id in on_path_set:
+            if node_id in position:
                 continue  # reported by the cycle check below
+            position[node_id] = len(on_path)
             on_path.append(node_id)
-            on_path_set.add(node_id)
             stack.append((node_id, True))
             for _name, source in self.declared_links(node_id):
                 if not isinstance(source, str) or source not in self.prompt:
                     continue
                 # Before the memo check: a node already marked failed by one cycle can close another.
-                if source in on_path_set:
-                    self._report_cycle(on_path[on_path.index(source):])
+                if source in position:
+                    self._report_cycle(on_path, position[source])
                     continue
                 if source in self.result:
                     continue
@@ -170,63 +196,113 @@ class _Checker:
         return any(error["type"].startswith("exception_during")
                    for error in self.node_errors.get(node_id, {}).get("errors", []))
 
-    def _report_cycle(self, cycle: list[str]) -> None:
-        path = " -> ".join(f"{n} ({self.prompt[n]['class_type']})" for n in [*cycle, cycle[0]])
-        for node_id in cycle:
-            if not any(e["type"] == "dependency_cycle" for e in self.node_errors.get(node_id, {}).get("errors", [])):
-                self.add_error(node_id, errors.dependency_cycle(node_id, cycle, path))
-            self.result[node_id] = False
+    def _report_cycle(self, on_path: list[str], start: int) -> None:
+        """on_path[start:] is a cycle: each of its nodes fails, with this cycle as its error unless
+        an earlier cycle already gave it one.
 
-    def failing_nodes_under(self, output_id: str) -> list[str]:
-        """Nodes with errors that `output_id` depends on (itself included)."""
-        seen, stack, found = set(), [output_id], []
+        Runs of nodes marked by earlier cycles are skipped whole (their floor is where the run
+        begins, and it is still on the path below them), so a long path closed by many back
+        edges costs each node one marking, not one per cycle.
+        """
+        fresh: list[str] = []
+        index = len(on_path) - 1
+        while index >= start:
+            node_id = on_path[index]
+            floor = self._cycle_floor.get(node_id)
+            if floor is None:
+                self._cycle_floor[node_id] = start
+                self.result[node_id] = False
+                fresh.append(node_id)
+                index -= 1
+            else:
+                self._cycle_floor[node_id] = min(floor, start)
+                index = floor - 1
+        if fresh:
+            shown, path, length = self._describe_cycle(on_path, start)
+            for node_id in reversed(fresh):  # in path order, as the cycle reads
+                self.add_error(node_id, errors.dependency_cycle(node_id, shown, path, length))
 
-        def record(node_id: str) -> None:
-            if node_id not in found and self.node_errors.get(node_id, {}).get("errors"):
-                found.append(node_id)
+    def _describe_cycle(self, on_path: list[str], start: int) -> tuple[list[str], str, int]:
+        """The cycle's first CYCLE_SHOWN nodes, its path text ("1 (ImageInvert) -> ... -> 1 (...)")
+        and its length: every node of a long cycle carries this, so it must not carry all of it."""
+        length = len(on_path) - start
+        end = min(len(on_path), start + CYCLE_SHOWN)
+        # The same node at the same place on the path means the same nodes below it: cycles
+        # closed on one long path share their first nodes' text.
+        key = (start, on_path[end - 1])
+        cached = self._cycle_texts.get(key)
+        if cached is None:
+            shown = on_path[start:end]
+            cached = self._cycle_texts[key] = (shown, " -> ".join(map(self._label, shown)))
+        shown, text = cached
+        more = f" -> ... {length - len(shown)} more nodes" if length > len(shown) else ""
+        return shown, f"{text}{more} -> {self._label(shown[0])}", length
 
-        while stack:
-            node_id = stack.pop()
-            if node_id in seen:
-                continue
-            seen.add(node_id)
-            record(node_id)
-            if node_id in self.prompt:
-                for _name, source in self.declared_links(node_id):
-                    if isinstance(source, str):
-                        stack.append(source)
-                    else:
-                        # A non-string source id ([4, 0]) is reported under str(source) by
-                        # _check_link; it names no node, so there is nothing further to walk.
-                        record(str(source))
-        return found
+    def _label(self, node_id: str) -> str:
+        label = self._labels.get(node_id)
+        if label is None:
+            label = self._labels[node_id] = f"{node_id} ({self.prompt[node_id]['class_type']})"
+        return label
+
+    def sources(self, node) -> list:
+        """What `node` links from: node ids, and for a source id that is not a string (an error
+        recorded under its str()) a 1-tuple of that str, a leaf: no node has that id."""
+        if not isinstance(node, str) or node not in self.prompt:
+            return []
+        return [source if isinstance(source, str) else (str(source),) for _name, source in self.declared_links(node)]
+
+    def record_dependent_outputs(self, failed_outputs: list[str]) -> None:
+        """Lists each failed output under every node with errors it depends on (itself included)."""
+        if not failed_outputs:
+            return
+        masks: dict[str, int] = {}
+        # Without a cycle, the order the checks finished in (dependencies first) is a topological one.
+        order = None if self._cycle_floor else self.result
+        for node, mask in dependents.output_masks(failed_outputs, self.sources, order).items():
+            key = node if isinstance(node, str) else node[0]
+            if key in self.node_errors:
+                masks[key] = masks.get(key, 0) | mask
+        for key, mask in masks.items():
+            since = self._errors_since[key]
+            mask = mask >> since << since
+            self.node_errors[key]["dependent_outputs"].extend(dependents.listed(mask, failed_outputs))
 
     def _check(self, node_id: str) -> bool:
         if self.result.get(node_id) is False:  # already failed as part of a cycle
             return False
         node = self.prompt[node_id]
         cls = self.registry[node["class_type"]]
-        schema = self.schema(node["class_type"])
         inputs = node["inputs"]
         ok = True
-        for section in ("required", "optional"):
-            for name, declared in schema.get(section, {}).items():
-                # Errors report input_config as the pair [input_type, options] (spec §5.2),
-                # also for inputs declared without options, such as ["IMAGE"] or [[...choices]].
-                config = [declared[0], declared[1] if len(declared) > 1 and isinstance(declared[1], dict) else {}]
-                if name not in inputs:
-                    if section == "required":
-                        self.add_error(node_id, errors.required_input_missing(name))
-                        ok = False
-                    continue
-                value = inputs[name]
-                if isinstance(value, dict) and "__value__" in value:
-                    value = inputs[name] = value["__value__"]
-                elif isinstance(value, list):
-                    ok = self._check_link(node_id, name, config, value) and ok
-                    continue
-                ok = self._check_constant(node_id, cls, name, config, inputs) and ok
+        for name, required, config in self.declared(node["class_type"]):
+            if name not in inputs:
+                if required:
+                    self.add_error(node_id, errors.required_input_missing(name))
+                    ok = False
+                continue
+            value = inputs[name]
+            if isinstance(value, dict) and "__value__" in value:
+                value = inputs[name] = value["__value__"]
+            elif isinstance(value, list):
+                ok = self._check_link(node_id, name, config, value) and ok
+                continue
+            ok = self._check_constant(node_id, cls, name, config, inputs) and ok
         return ok
+
+    def declared(self, class_type: str) -> list[tuple[str, bool, list]]:
+        """(name, required, input_config) of each declared input, worked out once per class.
+
+        Errors report input_config as the pair [input_type, options] (spec §5.2), also for inputs
+        declared without options, such as ["IMAGE"] or [[...choices]].
+        """
+        found = self._declared.get(class_type)
+        if found is None:
+            schema = self.schema(class_type)
+            found = self._declared[class_type] = [
+                (name, section == "required",
+                 [declared[0], declared[1] if len(declared) > 1 and isinstance(declared[1], dict) else {}])
+                for section in ("required", "optional") for name, declared in schema.get(section, {}).items()]
+        return found
 
     def _check_link(self, node_id: str, name: str, config: list, value: list) -> bool:
         if len(value) != 2:
@@ -237,14 +313,14 @@ class _Checker:
         if source_node is None:
             self.add_error(str(source), errors.inner_exception(
                 name, config, value, "KeyError",
-                f"node {source!r} linked from input '{name}' of node '{node_id}' does not exist in the prompt",
+                f"node {_shown(source)} linked from input '{name}' of node '{node_id}' does not exist in the prompt",
             ))
             return False
         return_types = self.registry[source_node["class_type"]].RETURN_TYPES
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(return_types):
             self.add_error(source, errors.inner_exception(
                 name, config, value, "IndexError",
-                f"output index {index!r} of node '{source}' ({source_node['class_type']}) does not exist: "
+                f"output index {_shown(index)} of node '{source}' ({source_node['class_type']}) does not exist: "
                 f"it has {len(return_types)} output(s)",
             ))
             return False
@@ -271,10 +347,16 @@ class _Checker:
         caster = _CASTS.get(expected) if isinstance(expected, str) else None
         if caster is not None:
             try:
-                value = inputs[name] = caster(value)
+                cast = caster(value)
             except (TypeError, ValueError, OverflowError) as ex:
                 self.add_error(node_id, errors.invalid_input_type(name, config, expected, value, ex))
                 return False
+            if expected == "FLOAT" and not math.isfinite(cast):
+                # float("nan") and float("1e999") succeed, but JSONB and browsers refuse the result.
+                self.add_error(node_id, errors.invalid_input_type(
+                    name, config, expected, value, ValueError(f"{cast} is not a finite number")))
+                return False
+            value = inputs[name] = cast
         if "min" in options and _below(value, options["min"]):
             self.add_error(node_id, errors.value_smaller_than_min(name, config, value, options["min"]))
             return False
@@ -295,6 +377,15 @@ class _Checker:
                 if model_choices:
                     self.needs.add(f"{choices.folder}/{item}")
         return True
+
+
+CYCLE_SHOWN = 20
+
+
+def _shown(value, limit: int = 200) -> str:
+    """repr(value) for a message, cut: the value itself is in extra_info already, once is enough."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _below(a, b) -> bool:
