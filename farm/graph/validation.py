@@ -46,6 +46,9 @@ def validate_prompt(
 ) -> Validation:
     if not isinstance(prompt, dict):
         return Validation(prompt, [], {}, errors.invalid_prompt("the prompt must be an object of nodes keyed by node id"))
+    if len(prompt) > MAX_NODES:
+        return Validation(prompt, [], {}, errors.invalid_prompt(
+            f"the prompt has {len(prompt)} nodes; at most {MAX_NODES} are accepted"))
     for node_id, node in prompt.items():
         failure = _check_node_id(node_id) or _check_node_type(node_id, node, registry)
         if failure:
@@ -81,6 +84,9 @@ def validate_prompt(
 
 
 MAX_NODE_ID = 255  # an id is echoed in many errors (cycles, dependent_outputs): long ones would multiply
+# Validation is linear, but its answer is not small: up to a few KB of errors per node (ComfyUI's
+# input_config carries each input's options and tooltip). Twice the largest graph benchmarked.
+MAX_NODES = 20_000
 
 
 def _check_node_id(node_id: str) -> dict | None:
