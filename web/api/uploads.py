@@ -8,6 +8,14 @@ Deviations from ComfyUI, on purpose:
   the store) or 404 (original not found) where ComfyUI writes nothing yet answers 200.
 - /upload/mask scales a mask of another size to the original's size (ComfyUI fails with a 500), and
   its same-content check compares the written PNG, not the uploaded mask's bytes.
+- /upload/mask refuses, with a 400, a mask or original that is not an image, is truncated, or
+  declares more than web.images.MAX_PIXELS (a 12 KB PNG can declare 10,000 x 10,000 pixels): its
+  size is read from the header, and nothing that large is decoded.
+
+As in ComfyUI, /upload/image stores the bytes it is given without decoding them: a text file, a
+zip or a decompression bomb is stored as sent (the routes that decode refuse them). A body over
+FARM_MAX_UPLOAD_BYTES is a 413 in the error shape before the body is read (Flask's
+MAX_CONTENT_LENGTH); file parts are spooled to disk past 500 KB, never held whole in memory.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ from flask import Blueprint, jsonify, request
 from PIL import Image, PngImagePlugin
 
 from farm.storage import KINDS, PathRejected
-from web.api.files import UNREADABLE_IMAGE, FileRefError, locate
+from web.api.files import FileRefError, locate
 from web.auth import principal
 from web.context import farm
 from web.errors import error_response
+from web.images import DECODE_ERRORS, ImageRefused, open_image
 
 blueprint = Blueprint("uploads", __name__)
 
@@ -56,12 +65,14 @@ def upload_mask():
     part, name, kind, subfolder, overwrite = _fields()
     original = _original(request.form.get("original_ref"))
     try:
-        with Image.open(part.stream) as mask:
+        with open_image(part.stream, "the mask") as mask:
             alpha = mask.convert("RGBA").getchannel("A")
-        with original.open() as handle, Image.open(handle) as image:
+        with original.open() as handle, open_image(handle, "the original") as image:
             text = dict(getattr(image, "text", {}))
             composed = image.convert("RGBA")
-    except UNREADABLE_IMAGE as exception:
+    except ImageRefused as refusal:
+        raise UploadError(400, refusal.type, refusal.message, refusal.details) from None
+    except DECODE_ERRORS as exception:  # opened, but its pixels are truncated or corrupt
         raise UploadError(400, "invalid_image", "The mask or the original is not a readable image",
                           str(exception)) from None
     if alpha.size != composed.size:
