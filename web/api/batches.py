@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from farm.services import batch_files, batch_submit, batches
 from web.auth import principal
 from web.context import BadJSON, farm, json_body
+from web.numbers import INT32, whole
 
 blueprint = Blueprint("batches", __name__)
 
@@ -77,9 +78,9 @@ def get_batch(batch_id: str):
 @blueprint.get("/api/batches/<batch_id>/cells")
 def get_cells(batch_id: str):
     try:
-        after, limit = int(request.args.get("after", -1)), int(request.args.get("limit", 100))
+        after, limit = whole(request.args.get("after"), -1), whole(request.args.get("limit"), 100)
     except ValueError:
-        raise batches.BatchError(400, {"type": "invalid_query", "message": "after and limit must be integers",
+        raise batches.BatchError(400, {"type": "invalid_query", "message": "after and limit must be whole numbers",
                                        "details": "", "extra_info": {}}) from None
     return jsonify(batches.cells(farm().database, principal(), batch_id, after, limit))
 
@@ -125,4 +126,8 @@ def bulk_action():
 def batch_action(batch_id: str, action: str):
     body = json_body(default={}) if action in ("priority", "retry") else {}
     body = body if isinstance(body, dict) else {}
+    cells = body.get("cells")
+    if isinstance(cells, list) and any(isinstance(i, int) and abs(i) > INT32 for i in cells):
+        # (no cell has such an index, and the database could not compare with it)
+        raise batches.invalid("cells (a list of cell indices) goes with retry on one batch")
     return jsonify(batches.act(farm(), principal(), [batch_id], action, body.get("priority"), body.get("cells"))[0])

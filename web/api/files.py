@@ -142,7 +142,8 @@ def _preview(image: Image.Image, preview: str, channel: str) -> tuple[bytes, str
     """`preview=<fmt>[;<quality>]`: webp or jpeg (webp when unknown or an alpha channel is asked)."""
     parts = preview.split(";")
     fmt = parts[0] if parts[0] in PREVIEW_FORMATS and "a" not in channel else "webp"
-    quality = int(parts[-1]) if parts[-1].isdigit() else 90
+    # isdecimal, not isdigit: int() refuses digits such as "²"; Pillow takes 0-100.
+    quality = min(int(parts[-1]), 100) if parts[-1].isdecimal() and len(parts[-1]) < 10 else 90
     if fmt == "jpeg" or channel == "rgb":
         image = image.convert("RGB")
     elif image.mode not in ("RGB", "RGBA"):

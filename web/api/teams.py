@@ -9,6 +9,7 @@ from farm.services import audit, teams
 from web.auth import auth_enabled, principal
 from web.context import BadJSON, farm, json_body
 from web.errors import error_response
+from web.numbers import INT64, storable, whole
 
 blueprint = Blueprint("teams", __name__)
 
@@ -35,8 +36,9 @@ def _limits(body: dict) -> dict:
             if value is None and name in ("burst", "max_queued", "max_running"):
                 values[name] = None
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
-                raise ValueError(f"{name} must be a {'number' if cast is float else 'whole number'}, got {value!r}")
+            if not storable(value, whole_number=cast is int):
+                raise ValueError(f"{name} must be a {'finite number' if cast is float else 'whole number'} the "
+                                 f"farm can store, got {value!r}")
             values[name] = cast(value)
     return values
 
@@ -118,19 +120,29 @@ def create_key():
 def revoke_key(which: str):
     who = principal()
     who.require("admin", "revoking keys")
+    if _beyond_any_id(which):
+        return error_response(404, "not_found", f"no key {which!r}")
     try:
         return jsonify(teams.revoke_key(farm().database, which, who))
     except teams.TeamError as exception:
         return error_response(404, "not_found", str(exception))
 
 
+def _beyond_any_id(text: str) -> bool:
+    """A number no key's id can be (SQLite cannot even bind it)."""
+    try:
+        return abs(int(text)) > INT64
+    except ValueError:
+        return False
+
+
 @blueprint.get("/api/audit")
 def audit_log():
     principal().require("admin", "reading the audit log")
     try:
-        before = int(request.args["before"]) if request.args.get("before") else None
-        limit = int(request.args.get("limit", 100))
+        before = whole(request.args.get("before") or None)
+        limit = whole(request.args.get("limit"), 100)
     except ValueError:
-        return error_response(400, "invalid_query", "before and limit must be integers")
+        return error_response(400, "invalid_query", "before and limit must be whole numbers (within ±2**63)")
     return jsonify(audit.entries(farm().database, before=before, limit=limit, action=request.args.get("action"),
                                  team=request.args.get("team")))

@@ -18,6 +18,7 @@ from farm.services.principal import Forbidden
 from farm.services.teams import key_hash
 from web.auth import principal
 from web.context import farm
+from web.numbers import storable, whole
 from web.sessions import csrf_token
 
 blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
@@ -33,7 +34,8 @@ def _globals():
 def _check_csrf():
     if request.method == "POST" and request.endpoint != "dashboard.login":
         sent = request.form.get("csrf", "")
-        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+        if not sent or not hmac.compare_digest(sent.encode(), session.get("csrf", "").encode()):
             abort(400, "the form is out of date (CSRF check failed): reload the page and try again")
 
 
@@ -149,7 +151,7 @@ def batch_actions():
     ids = request.form.getlist("ids")
     action = request.form.get("action", "")
     priority = request.form.get("priority")
-    batches.act(farm(), principal(), ids, action, int(priority) if priority and priority.isdigit() else None)
+    batches.act(farm(), principal(), ids, action, _whole_or_none(priority))
     flash(f"{action}: {len(ids)} batch(es)")
     return _back(url_for("dashboard.batch_list"))
 
@@ -158,7 +160,7 @@ def batch_actions():
 def batch_page(batch_id: str):
     context, who = farm(), principal()
     detail = batches.detail(context.database, who, batch_id)
-    cells = batches.cells(context.database, who, batch_id, int(request.args.get("after", -1)), 100)
+    cells = batches.cells(context.database, who, batch_id, _whole_arg(request.args.get("after"), -1), 100)
     return render_template("batch.html", batch=detail, cells=cells)
 
 
@@ -233,8 +235,23 @@ def _teams_page(who, new_key: dict | None):
     database = farm().database
     return render_template("teams.html", teams=teams.list_teams(database), keys=teams.list_keys(database),
                            roles=("submit", "operator", "admin"), new_key=new_key,
-                           log=audit.entries(database, before=int(request.args["before"]) if
-                                             request.args.get("before", "").isdigit() else None, limit=50))
+                           log=audit.entries(database, before=_whole_or_none(request.args.get("before")),
+                                             limit=50))
+
+
+def _whole_arg(text: str | None, default: int):
+    try:
+        return whole(text, default)
+    except ValueError:
+        abort(400, f"{text!r} is not a whole number")
+
+
+def _whole_or_none(text: str | None) -> int | None:
+    """A whole number, or None for anything else (the form's or link's value is then left out)."""
+    try:
+        return whole(text or None)
+    except ValueError:
+        return None
 
 
 def _number(name: str, cast=int):
@@ -242,9 +259,12 @@ def _number(name: str, cast=int):
     if value == "":
         return None
     try:
-        return cast(value)
+        number = cast(value)
     except ValueError:
-        abort(400, f"{name} must be a number")
+        number = None
+    if number is None or not storable(number, whole_number=cast is int):
+        abort(400, f"{name} must be a number the farm can store")
+    return number
 
 
 @blueprint.post("/teams")
