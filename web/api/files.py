@@ -13,6 +13,7 @@ from web.stored_responses import stream_stored
 from web.auth import principal
 from web.context import farm
 from web.errors import error_response
+from web.images import ImageRefused, open_image
 
 blueprint = Blueprint("files", __name__)
 
@@ -108,11 +109,14 @@ def view():
     preview, channel = request.args.get("preview"), request.args.get("channel", "rgba")
     if preview is not None or channel in ("rgb", "a"):
         try:
-            with found.open() as handle, Image.open(handle) as image:
+            # Decoded only within web.images' pixel cap: a bomb stored in input/ is a 400, not an OOM.
+            with found.open() as handle, open_image(handle, name) as image:
                 if preview is not None:
                     body, fmt = _preview(image, preview, request.args.get("channel", ""))
                 else:
                     body, fmt = _channel(image, channel), "png"
+        except ImageRefused as refusal:
+            return error_response(400, refusal.type, refusal.message, refusal.details)
         except UNREADABLE_IMAGE as exception:
             return error_response(400, "invalid_image", "The file is not an image that can be converted",
                                   f"{name}: {exception}")
