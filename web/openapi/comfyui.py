@@ -57,8 +57,8 @@ PATHS = {
     "/queue": {
         "get": operation(
             "get_queue", "The running and pending prompts (of the caller's team), in run order", tag=TAG,
-            params=(query("limit", {"type": "integer", "minimum": 1, "maximum": 10000},
-                          "at most this many pending prompts"),
+            params=(query("limit", {"type": "integer", "minimum": 0, "maximum": 10000, "default": 1000},
+                          "at most this many pending prompts (more are cut to 10,000)"),
                     query("offset", {"type": "integer", "minimum": 0}, "skip this many pending prompts")),
             responses={"200": answer("Running and pending prompts", ref("Queue")),
                        "400": failure("limit or offset is not a whole number in range")}),
@@ -85,7 +85,8 @@ PATHS = {
         "get": operation(
             "get_history", "Finished prompts (of the caller's team), oldest first", tag=TAG,
             description="max_items alone gives the most recent ones; with offset, a page from the oldest end.",
-            params=(query("max_items", {"type": "integer", "maximum": 10000}, "at most this many entries"),
+            params=(query("max_items", {"type": "integer", "maximum": 10000},
+                          "at most this many entries (more are cut to FARM_HISTORY_MAX_ITEMS, 10,000)"),
                     query("offset", INTEGER, "skip this many of the oldest entries (negative: count from the end)")),
             responses={"200": answer("Entries by prompt id", ref("History")),
                        "400": failure("max_items or offset is not a whole number (or out of range)")}),
@@ -191,9 +192,10 @@ PATHS = {
                     query("sort_by", {"type": "string", "enum": ["created_at", "execution_duration"]}, "order by"),
                     query("sort_order", {"type": "string", "enum": ["asc", "desc"]}, "default desc"),
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                          "at most this many jobs"),
+                          "at most this many jobs (more are cut to 1,000)"),
                     query("offset", {"type": "integer", "minimum": 0}, "skip this many jobs"),
-                    query("cursor", STRING, "an opaque position: pagination.next_cursor of the previous page")),
+                    query("cursor", STRING, "an opaque position: pagination.next_cursor of the previous page "
+                                            "(with sort_by=created_at)")),
             responses={"200": answer("A page of jobs", ref("JobList")),
                        "400": _text_error("An invalid status, sort, limit, offset or cursor")}),
     },

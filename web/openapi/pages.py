@@ -41,11 +41,17 @@ def _action(operation_id: str, summary: str, form: dict, *, params: tuple = (), 
 
 
 def _copy(operation: dict, operation_id: str, summary: str) -> dict:
-    """The API's file downloads, also under /dashboard so the session cookie opens them."""
-    return {**operation, "operationId": operation_id, "summary": summary, "tags": [TAG],
-            "responses": {**operation["responses"], "302": redirect(
-                f"{operation['responses']['302']['description']}; or not signed in: to the sign-in page"
-                if "302" in operation["responses"] else SIGN_IN["description"])}}
+    """The API's file downloads, also under /dashboard so the session cookie opens them; a refused
+    batch is a page there (the dashboard's handler of batch errors)."""
+    responses = dict(operation["responses"])
+    for code in ("400", "404"):
+        if "content" in responses.get(code, {}):
+            responses[code] = {**responses[code], "content": {**responses[code]["content"],
+                                                              "text/html": {"schema": STRING}}}
+    found = responses.get("302")
+    responses["302"] = redirect(f"{found['description']}; or not signed in: to the sign-in page" if found
+                                else SIGN_IN["description"])
+    return {**operation, "operationId": operation_id, "summary": summary, "tags": [TAG], "responses": responses}
 
 
 BATCHES = "/api/batches/{batch_id}"

@@ -3,7 +3,8 @@
 Every operation gets the answers the app-wide guards can give whatever the route: 403 from the
 origin check (an empty text/plain body, or the error shape when a key's role falls short), 401
 when the farm needs a key (unless the route is public), 503 when the database is down (unless
-the route never reads it) and 413 when it takes a body (FARM_MAX_UPLOAD_BYTES).
+the route never reads it), 413 when it takes a body (FARM_MAX_UPLOAD_BYTES), and 404 when it has
+path parameters (a value no route matches).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def operation(operation_id: str, summary: str, *, tag: str, responses: dict, des
         found["x-farm-role"] = role
     if body is not None:
         found["responses"].setdefault("413", {"$ref": "#/components/responses/TooLarge"})
+    if any(param["in"] == "path" for param in params):
+        found["responses"].setdefault("404", {"$ref": "#/components/responses/NoRoute"})
+        # (a path no route matches is not a public route: with keys on, the guard answers first)
+        found["responses"].setdefault("401", {"$ref": "#/components/responses/Unauthorized"})
     if database:
         found["responses"].setdefault("503", {"$ref": "#/components/responses/Unavailable"})
     return found
@@ -109,6 +114,10 @@ RESPONSES = {
     "CrossSite": {
         "description": "A page of another site sent it (the origin check): an empty body",
         "content": {"text/plain": {"schema": {"type": "string", "maxLength": 0}}},
+    },
+    "NoRoute": {
+        "description": "No route has this path: a path parameter with a character it cannot hold (a newline)",
+        "content": {JSON: {"schema": ref("Error")}},
     },
     "TooLarge": {
         "description": "The body is larger than FARM_MAX_UPLOAD_BYTES (GET /features says how large it may be)",
