@@ -3,9 +3,11 @@ around what it found): each is now the client's error, in the error shape, or si
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
+import pytest
 from PIL import Image
 
 from tests.unit.test_dashboard import csrf, make_batch
@@ -64,3 +66,16 @@ def test_a_preview_quality_out_of_range_or_in_other_digits_is_ignored(client):
         answer = client.get("/view", query_string={"filename": "dot.png", "type": "input", "preview": preview})
         assert answer.status_code == 200, preview
         assert Image.open(io.BytesIO(answer.data)).size == (4, 4)
+
+
+NESTED_CURSOR = base64.urlsafe_b64encode(b"[" * 1100).decode()
+
+
+# Known 500s in modules being rewritten elsewhere: strict, so the marker goes once they are fixed
+# (tests/integration/test_openapi_fuzz.py fuzzes these operations apart meanwhile).
+@pytest.mark.xfail(strict=True, reason="a 500 in web/api/prompts.py, web/api/history.py or farm/services/jobs.py: "
+                                       "OverflowError from SQLite, RecursionError in jobs.decode_cursor")
+@pytest.mark.parametrize("url", [f"/queue?offset={HUGE}", f"/history?offset={HUGE}", f"/api/jobs?offset={HUGE}",
+                                 f"/api/jobs?cursor={NESTED_CURSOR}"])
+def test_offsets_and_cursors_past_what_the_farm_can_read_are_no_server_error(client, url):
+    assert client.get(url).status_code < 500
