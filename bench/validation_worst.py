@@ -4,13 +4,16 @@ Each case is built once, then timed `--repeat` times (the worst run is reported)
 `farm.graph.validation.validate_prompt` on a fresh parse of the body (validation coerces in
 place), then the whole `POST /prompt` through Flask's test client against a throwaway SQLite
 farm (parsing, the storable-value and nesting checks, validation, and for accepted prompts the
-insert). The goal: no case over 200 ms on a 10,000-node graph. Prints a table; run:
+insert). Each run starts after an untimed gc.collect(). The goal: no case over 200 ms on a
+10,000-node graph; the cases with thousands of errors answer megabytes, and encoding them is a
+good part of their POST time. Prints a table; run:
 `.venv/bin/python bench/validation_worst.py [--repeat N] [--nodes N]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -155,6 +158,8 @@ def timed(function, repeat: int, setup=lambda: None) -> tuple[float, float, obje
     times, result = [], None
     for _ in range(repeat):
         argument = setup()
+        result = None
+        gc.collect()  # untimed: a run does not pay for the garbage of the one before
         started = time.perf_counter()
         result = function(argument)
         times.append((time.perf_counter() - started) * 1000)

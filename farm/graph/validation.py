@@ -2,10 +2,11 @@
 
 Runs in the web process without torch. Nodes are visited once each, dependencies first, in an
 iterative depth-first order, so graphs of any depth validate without recursion limits and a
-static cycle is reported as `dependency_cycle` instead of crashing. No step costs more than
-linear time in the size of the prompt, whatever its shape (bench/validation_worst.py): a cycle's
-nodes are marked once each however many cycles pass through them, and dependent_outputs come
-from farm.graph.dependents rather than a walk per failing output.
+static cycle is reported as `dependency_cycle` instead of crashing. Whatever the graph's shape,
+no step walks it more than once (bench/validation_worst.py times the worst shapes): a cycle's
+nodes are marked once each however many cycles pass through them, dependent_outputs come from
+farm.graph.dependents rather than a walk per failing output, and what an error repeats (cycle
+members, dependent outputs, node ids) is capped, so the answer grows with the prompt, not its square.
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ class _Checker:
         return True
 
 
-CYCLE_SHOWN = 20
+CYCLE_SHOWN = 10
 
 
 def _shown(value, limit: int = 200) -> str:
