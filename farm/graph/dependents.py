@@ -23,6 +23,14 @@ def output_masks(outputs: list, sources: Callable[[Hashable], Iterable],
     except sources that are leaves, each after its sources (a depth-first finishing order). Then
     no components are needed.
     """
+    if len(outputs) == 1:  # the usual case: what the one output reaches, cycles or not
+        reached, stack = {}, [outputs[0]]
+        while stack:
+            node = stack.pop()
+            if node not in reached:
+                reached[node] = 1
+                stack.extend(sources(node))
+        return reached
     if acyclic_order is not None:
         masks = {output: 1 << bit for bit, output in enumerate(outputs)}
         for node in reversed(list(acyclic_order)):  # consumers before their sources
