@@ -3,6 +3,7 @@ log, batches, probes, metrics and this description itself."""
 
 from __future__ import annotations
 
+from web.openapi.comfyui import EXAMPLE_PROMPT
 from web.openapi.parts import (INTEGER, JSON, STRING, answer, binary, failure, json_body, operation, path, query,
                                ref)
 
@@ -61,7 +62,7 @@ PATHS = {
             "create_team", "Create a team", tag=TEAMS, role="admin",
             body=json_body({"allOf": [ref("TeamLimits"), {"type": "object", "properties": {
                 "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}}, "required": ["name"]}]},
-                "Its name, share and limits"),
+                "Its name, share and limits", example={"name": "lookdev", "share": 2, "max_queued": 500}),
             responses={"201": answer("The team", ref("Team")),
                        "400": failure("Invalid JSON, a bad name or limit, or the team exists already")}),
     },
@@ -89,7 +90,8 @@ PATHS = {
         "post": operation(
             "create_key", "Create an API key; its secret is in this answer only", tag=TEAMS, role="admin",
             body=json_body({"type": "object", "properties": {"team": STRING, "role": ROLE, "label": STRING},
-                            "required": ["team"]}, "Its team, role (default submit) and label"),
+                            "required": ["team"]}, "Its team, role (default submit) and label",
+                           example={"team": "default", "role": "submit", "label": "render node"}),
             responses={"201": answer("The key, with its secret as key", {"allOf": [ref("Key"), {
                 "type": "object", "properties": {"key": STRING}, "required": ["key"]}]}),
                 "400": failure("Invalid JSON, no such team, or an unknown role")}),
@@ -126,7 +128,8 @@ PATHS = {
             tag=BATCHES,
             body={"description": "JSON, or multipart with the batch as the JSON field 'batch' and its rows as a "
                                  "CSV or JSON Lines file 'rows'", "required": True,
-                  "content": {JSON: {"schema": ref("BatchRequest")},
+                  "content": {JSON: {"schema": ref("BatchRequest"), "example": {
+                      "workflow": EXAMPLE_PROMPT, "name": "widths", "sweep": {"1.width": [8, 16]}}},
                               "multipart/form-data": {"schema": {"type": "object", "properties": {
                                   "batch": {"type": "string", "contentMediaType": JSON},
                                   "rows": {"type": "string", "format": "binary"}}, "required": ["batch"]}}}},
