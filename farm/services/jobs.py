@@ -37,6 +37,7 @@ class JobQueryError(ValueError):
 # (ComfyUI lists every job when no limit is given; a farm's history holds millions).
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**62  # what the database can skip (past 2**63 it cannot even bind the number)
 
 
 @dataclasses.dataclass
@@ -79,6 +80,8 @@ class JobQuery:
         if args.get("offset") is not None:
             try:
                 query.offset = max(int(args["offset"]), 0)
+                if query.offset > MAX_OFFSET:
+                    raise ValueError(args["offset"])
             except ValueError:
                 raise JobQueryError("offset must be an integer") from None
         if args.get("cursor"):
@@ -95,12 +98,14 @@ def encode_cursor(created_at: dt.datetime, job_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
+        if len(cursor) > 400:  # a real one is about 120 characters
+            raise ValueError(cursor[:20])
         moment, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         when = dt.datetime.fromisoformat(moment)
         if when.tzinfo is None or not isinstance(job_id, str):
             raise ValueError(cursor)
         return when, job_id
-    except (ValueError, TypeError, UnicodeDecodeError):
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
         raise JobQueryError("cursor must be a pagination.next_cursor of an earlier page") from None
 
 

@@ -56,23 +56,10 @@ def live_farm(request, tmp_path_factory):
         assert code == 0, farm.output()
 
 
-# 5xx found in modules being rewritten elsewhere (web/api/prompts.py, history.py, jobs.py and the
-# services behind them): fuzzed apart, as expected failures, until they are fixed there.
-KNOWN_FAILURES = {
-    ("GET", "/queue"): "an offset past 2**63 reaches SQLite: OverflowError, a 500 (web/api/prompts.py)",
-    ("GET", "/history"): "an offset past 2**63 reaches SQLite: OverflowError, a 500 (web/api/history.py)",
-    ("GET", "/api/jobs"): "an offset past 2**63 reaches SQLite: OverflowError, a 500; a cursor of 1,100 nested "
-                          "JSON arrays: RecursionError in decode_cursor, a 500 (farm/services/jobs.py)",
-}
-
 # The description the farm serves (tests/unit/test_openapi.py checks GET /openapi.json is this one),
 # loaded here so the operations are known when pytest collects them (schemathesis.pytest.from_fixture,
 # which would load it from the live farm, fails on pytest 9: it sets the item's removed _nodeid).
 schema = schemathesis.openapi.from_dict(document(), config=schemathesis.Config.from_dict(CONFIG)).exclude(path=MIRRORS)
-
-
-def _known(context) -> bool:
-    return (context.operation.method.upper(), context.operation.path) in KNOWN_FAILURES
 
 
 def _call(case, live_farm) -> None:
@@ -82,12 +69,6 @@ def _call(case, live_farm) -> None:
     case.call_and_validate(base_url=url, headers=headers, checks=CHECKS)
 
 
-@schema.exclude(_known).parametrize()
+@schema.parametrize()
 def test_every_operation_answers_as_described(case, live_farm):
-    _call(case, live_farm)
-
-
-@pytest.mark.xfail(reason="; ".join(f"{m} {p}: {why}" for (m, p), why in KNOWN_FAILURES.items()), strict=False)
-@schema.include(_known).parametrize()
-def test_known_failures_still_answer_as_described(case, live_farm):
     _call(case, live_farm)

@@ -8,13 +8,13 @@ from farm.services import history
 from web.auth import principal
 from web.context import farm
 from web.errors import error_response
+from web.numbers import whole
 
 blueprint = Blueprint("history", __name__)
 
 
 def _int_arg(name: str):
-    value = request.args.get(name)
-    return None if value is None else int(value)
+    return whole(request.args.get(name))  # past 2**63: a 400, not the database's overflow
 
 
 @blueprint.get("/history")

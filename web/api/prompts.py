@@ -9,6 +9,7 @@ from farm.services.submit import submit_prompt
 from web.auth import principal
 from web.context import farm, json_body
 from web.errors import error_response
+from web.numbers import whole
 
 blueprint = Blueprint("prompts", __name__)
 
@@ -38,9 +39,7 @@ def get_queue():
 
 
 def _whole(text: str | None) -> int | None:
-    if text is None:
-        return None
-    value = int(text)
-    if value < 0:
+    value = whole(text)
+    if value is not None and value < 0:
         raise ValueError(text)
     return value
