@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from PIL import Image, UnidentifiedImageError
 
-MAX_SIDE = 8192
-MAX_PIXELS = MAX_SIDE * MAX_SIDE  # 64 MP: 256 MB as RGBA, the most one request may decode
+from farm.image_limits import MAX_PIXELS, MAX_SIDE
 
 # What decoding a file that opened may still raise (a truncated or corrupt image, an unsupported
 # mode for the target format); Pillow raises DecompressionBombError instead of an OSError.

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from farm.image_limits import MAX_PIXELS, MAX_SIDE
+
 # Formats whose extra frames are not an animation (MPO holds stereo or preview views).
 _SINGLE_IMAGE_FORMATS = {"MPO"}
 
@@ -131,7 +133,15 @@ def load_image(source) -> tuple[torch.Tensor, torch.Tensor]:
     The mask is 1 - alpha; a frame without alpha gets a 64x64 zero mask, as in ComfyUI. Frames
     whose size differs from the first are skipped.
     """
-    with Image.open(source) as opened:
+    try:
+        opened = Image.open(source)
+    except Image.DecompressionBombError as exception:  # Pillow's own limit, past twice 89 MP
+        raise ValueError(f"the image is too large to decode: {exception}") from None
+    with opened:
+        width, height = opened.size  # from the header: nothing decoded yet
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"the image is {width} x {height} pixels; the farm decodes at most {MAX_PIXELS:,} "
+                             f"({MAX_SIDE} x {MAX_SIDE})")
         images, masks = [], []
         for frame in ImageSequence.Iterator(opened):
             frame = ImageOps.exif_transpose(frame)

@@ -25,6 +25,7 @@ from farm.graph.links import is_link
 from farm.graph.validation import validate_prompt
 from farm.queue.placement import tag_needs
 from farm.services.batches import BatchError, invalid, seconds_per_prompt, team_row
+from farm.graph.storable import first_problem
 from farm.services.principal import Principal
 from farm.services.submit import (
     DEFAULT_PRIORITY,
@@ -60,6 +61,9 @@ def parse_request(body, rows_text: str | None = None, rows_filename: str = "",
                   max_cells: int = 1_000_000) -> BatchRequest:
     if not isinstance(body, dict):
         raise invalid("the batch must be a JSON object")
+    problem = first_problem(body)  # NaN, NUL, too deep: nothing the database could store
+    if problem is not None:
+        raise invalid(f"{problem.where()}: {problem.reason}")
     if ("workflow" in body) == ("workflows" in body):
         raise invalid("give one API-format workflow as 'workflow' (with a 'sweep' or 'rows'), or a list as "
                        "'workflows'")
@@ -71,6 +75,9 @@ def parse_request(body, rows_text: str | None = None, rows_filename: str = "",
             rows = parse_rows(rows_text, rows_filename)
         except SweepError as error:
             raise invalid(str(error)) from None
+        problem = first_problem(rows)
+        if problem is not None:
+            raise invalid(f"rows{problem.where() if problem.path else ''}: {problem.reason}")
     try:
         if "workflows" in body:
             workflows = body["workflows"]

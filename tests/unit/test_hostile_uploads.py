@@ -327,3 +327,30 @@ MULTIPART = "multipart/form-data"
 def test_malformed_multipart_bodies_are_400(client, input_folder, route, request_kwargs, error_type):
     refused(client.post(route, **request_kwargs()), 400, error_type)
     assert list(input_folder.iterdir()) == []
+
+
+def test_a_worker_never_decodes_a_bomb_named_in_a_prompt(tmp_path):
+    """/upload/image stores any bytes (as ComfyUI does); the worker's LoadImage then refuses to
+    decode one whose header declares more than MAX_PIXELS, before any pixel is decoded."""
+    from farm.engine.images import load_image
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(100_000, 100_000))
+    with pytest.raises(ValueError, match="too large to decode"):
+        load_image(path)
+    path.write_bytes(png_declaring(MAX_SIDE, MAX_SIDE))  # the limit itself is decoded (it is truncated)
+    with pytest.raises(OSError):
+        load_image(path)
+    path.write_bytes(png_declaring(MAX_SIDE + 1, MAX_SIDE))  # past the farm's limit, under Pillow's
+    with pytest.raises(ValueError, match=f"{MAX_SIDE + 1} x {MAX_SIDE} pixels"):
+        load_image(path)
+
+
+def test_a_batch_with_values_the_database_cannot_store_is_refused(client):
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    for sweep in ({"1.color": [1, float("nan")]}, {"2.filename_prefix": ["a\u0000b"]}):
+        answer = client.post("/api/batches", data=json.dumps({"workflow": workflow, "sweep": sweep}),
+                             content_type="application/json")
+        assert answer.status_code == 400, answer.get_json()
+        assert answer.get_json()["error"]["type"] == "invalid_batch"
