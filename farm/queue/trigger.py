@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class DispatchTrigger:
-    def __init__(self, dispatcher, min_interval: float = 0.002):
+    def __init__(self, dispatcher, min_interval: float = 0.01):
         self.dispatcher = dispatcher
         self.min_interval = min_interval
         self._wanted = threading.Event()

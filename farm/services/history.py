@@ -26,7 +26,7 @@ _OPEN = [PromptState.QUEUED.value, *_ACTIVE]
 # GET /queue lists at most this many pending prompts when the request names no `limit`, and never
 # more than QUEUE_MAX_LIMIT: ComfyUI lists its whole queue, which a farm's 100,000 queued prompts
 # (graphs included) would make a response of gigabytes. queue_remaining still counts them all.
-QUEUE_DEFAULT_LIMIT = 1000
+QUEUE_DEFAULT_LIMIT = 200
 QUEUE_MAX_LIMIT = 10000
 _QUEUE_COLUMNS = (Prompt.number, Prompt.prompt_id, Prompt.prompt, Prompt.extra_data, Prompt.outputs_to_execute,
                   Prompt.state, Prompt.needs_id)

@@ -27,7 +27,7 @@ def get_prompt():
 
 @blueprint.get("/queue")
 def get_queue():
-    """ComfyUI's /queue, with the pending list paged (`limit`, default 1,000, at most 10,000;
+    """ComfyUI's /queue, with the pending list paged (`limit`, default 200, at most 10,000;
     `offset`): a farm's queue may hold 100,000 prompts. GET /prompt counts them all."""
     try:
         limit = _whole(request.args.get("limit"))

@@ -57,7 +57,7 @@ PATHS = {
     "/queue": {
         "get": operation(
             "get_queue", "The running and pending prompts (of the caller's team), in run order", tag=TAG,
-            params=(query("limit", {"type": "integer", "minimum": 0, "maximum": 10000, "default": 1000},
+            params=(query("limit", {"type": "integer", "minimum": 0, "maximum": 10000, "default": 200},
                           "at most this many pending prompts (more are cut to 10,000)"),
                     query("offset", {"type": "integer", "minimum": 0}, "skip this many pending prompts")),
             responses={"200": answer("Running and pending prompts", ref("Queue")),
