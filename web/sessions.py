@@ -31,6 +31,18 @@ def secret_key(settings) -> str:
 
 
 class FarmSessions(SecureCookieSessionInterface):
+    def open_session(self, app, request):
+        # API clients send no cookie: nothing to verify, so the signer is not even built (every
+        # POST /prompt would pay for it).
+        if app.config["SESSION_COOKIE_NAME"] not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app, session, response) -> None:
+        if not session and not session.modified and not session.accessed:
+            return  # nothing was read or written: no cookie to set, none to vary on
+        super().save_session(app, session, response)
+
     def get_cookie_secure(self, app) -> bool:
         setting = str(app.config.get("FARM_COOKIE_SECURE", "auto")).lower()
         if setting == "auto":

@@ -10,6 +10,7 @@ from farm.nodes.base import NodeEnvironment
 from farm.nodes.registry import NodeRegistry, default_registry, node_module_classes
 from farm.queue.dispatch import Dispatcher, team_book
 from farm.queue.fair_share import TeamBook
+from farm.services.group_commit import GroupCommit
 from farm.services.submit import ModelNeedsIds
 from farm.storage import LocalStorage, make_storage
 
@@ -28,6 +29,12 @@ class FarmContext:
     # The model_needs ids this process has met (submissions refer to them).
     needs_ids: ModelNeedsIds = dataclasses.field(default_factory=ModelNeedsIds)
     teams: TeamBook | None = None  # every team's share and quotas, cached
+    # Concurrent submissions of this process committed together (farm.services.group_commit).
+    submissions: GroupCommit | None = None
+
+    def __post_init__(self):
+        if self.submissions is None:
+            self.submissions = GroupCommit(self.database)
 
     def node_env_for(self, team: str | None) -> NodeEnvironment:
         """The node environment `team`'s prompts are validated in: its own input files."""

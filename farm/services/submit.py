@@ -13,11 +13,10 @@ import logging
 import math
 import uuid
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from farm.db.clock import db_now
-from farm.db import numbers, prompt_counts
+from farm.db import prompt_counts
 from farm.db.models import ModelNeeds, Prompt, PromptState
 from farm.db.upsert import insert_for
 from farm.graph import errors
@@ -32,8 +31,6 @@ log = logging.getLogger(__name__)
 SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
 
 # Built once: submission is the hot path, and building statements costs more than running them.
-# Accepted at the database's time, the clock every other prompt time is judged by.
-_INSERT_PROMPT = insert(Prompt.__table__).values(created_at=db_now())
 _NEEDS_ID = select(ModelNeeds.__table__.c.id).where(ModelNeeds.__table__.c.key == bindparam("key"))
 
 
@@ -92,12 +89,16 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
         principal.require("operator", "front (running before everything queued)")
 
     prompt_id = body.get("prompt_id")
+    # Only a client that names its prompt_id can retry a submission: its body's hash tells a retry
+    # from a conflict. Without one there is nothing to compare, and hashing is skipped.
+    body_hash = ""
     if prompt_id is None:
         prompt_id = str(uuid.uuid4())
     elif not _canonical_uuid(prompt_id):
         return _refuse(errors.invalid_prompt_id(f"prompt_id {prompt_id!r} is not a lowercase hyphenated UUID"))
     else:
-        earlier = _earlier_answer(farm.database, prompt_id, request_hash(body), principal)  # a retry?
+        body_hash = request_hash(body)
+        earlier = _earlier_answer(farm.database, prompt_id, body_hash, principal)  # a retry?
         if earlier is not None:
             return earlier
 
@@ -129,7 +130,6 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
         return over
 
     front = bool(body.get("front")) and given_number is None
-    body_hash = request_hash(body)
     row = dict(
         prompt_id=prompt_id,
         front=front,
@@ -148,14 +148,10 @@ def submit_prompt(farm, body, principal: Principal = LOCAL) -> SubmitAnswer:
     row["needs_id"] = farm.needs_ids.get(farm.database, validation.needs)
     row["coalesce_key"] = coalesce_key(validation.prompt, validation.outputs)
     row["workflow_id"] = workflow_id_of(extra_data)
+    if given_number is not None:
+        row["number"] = given_number
     try:
-        with farm.database.write_connection() as connection:
-            if given_number is None:
-                (number,) = numbers.take(connection)
-                row["number"] = -number if front else number
-            else:
-                row["number"] = given_number
-            connection.execute(_INSERT_PROMPT, row)
+        farm.submissions.insert(row, number=given_number is None, front=front)
     except IntegrityError:
         # The same prompt_id committed concurrently: answer as a retry would be answered.
         earlier = _earlier_answer(farm.database, prompt_id, body_hash, principal)
