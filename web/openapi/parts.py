@@ -3,8 +3,9 @@
 Every operation gets the answers the app-wide guards can give whatever the route: 403 from the
 origin check (an empty text/plain body, or the error shape when a key's role falls short), 401
 when the farm needs a key (unless the route is public), 503 when the database is down (unless
-the route never reads it), 413 when it takes a body (FARM_MAX_UPLOAD_BYTES), and 404 when it has
-path parameters (a value no route matches).
+the route never reads it), 413 when it takes a body (FARM_MAX_UPLOAD_BYTES), 404 when it has
+path parameters (a value no route matches), and 414 when it takes query parameters (the HTTP
+server refuses a request line longer than 4,094 bytes, with an HTML page, before the app runs).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def operation(operation_id: str, summary: str, *, tag: str, responses: dict, des
         found["x-farm-role"] = role
     if body is not None:
         found["responses"].setdefault("413", {"$ref": "#/components/responses/TooLarge"})
+    if any(param["in"] == "query" for param in params):
+        found["responses"].setdefault("414", {"$ref": "#/components/responses/UriTooLong"})
     if any(param["in"] == "path" for param in params):
         found["responses"].setdefault("404", {"$ref": "#/components/responses/NoRoute"})
         # (a path no route matches is not a public route: with keys on, the guard answers first)
@@ -118,6 +121,10 @@ RESPONSES = {
     "NoRoute": {
         "description": "No route has this path: a path parameter with a character it cannot hold (a newline)",
         "content": {JSON: {"schema": ref("Error")}},
+    },
+    "UriTooLong": {
+        "description": "The request line is longer than the HTTP server reads (gunicorn's 4,094 bytes)",
+        "content": {"text/html": {"schema": STRING}},
     },
     "TooLarge": {
         "description": "The body is larger than FARM_MAX_UPLOAD_BYTES (GET /features says how large it may be)",
