@@ -7,7 +7,8 @@ and no `_00002_` means once. Submissions follow a schedule (prompt k is posted a
 whichever thread is free; a thread never sleeps to catch up, it posts late), each over a keep-alive
 connection. Reported: the achieved accept rate, submit latency p50/p99/max, errors (non-200 answers
 and connection failures, by kind), the drain time until every accepted prompt reached a terminal
-state, the terminal states, prompts that ran more than once or never, and the CPU shares.
+state, the terminal states, prompts that ran more than once or never, the CPU shares, and the write transactions per prompt (PostgreSQL transaction ids taken over the
+run, divided by the prompts; the farm's heartbeats and reaper rounds count too).
 The cluster (bench/farm_cluster.py) is removed at the end. A table goes to stderr and ONE JSON line
 to stdout.
 
@@ -119,6 +120,19 @@ def states_of(database_url: str, ids: list[str]) -> dict[str, str]:
         engine.dispose()
 
 
+def xid(database_url: str) -> int:
+    """PostgreSQL's next transaction id: only transactions that write take one, so the difference
+    over a run counts the farm's write transactions (heartbeats and reaper rounds included)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            return int(connection.execute(text("SELECT txid_current()")).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def runs_per_prompt(output_dir: Path, count: int) -> collections.Counter:
     """How many output files each prompt index left (one per run)."""
     runs: collections.Counter = collections.Counter()
@@ -143,6 +157,7 @@ def main() -> int:
         with web_farm(folder, "load", args.postgres_url, args.redis_url, web_processes=2) as (farm, database_url, env):
             farm.start_workers(args.workers)
             meter = farm.processes.cpu_meter()
+            first_xid = xid(database_url)
             load = Load(farm.url, args.prompts, args.rate, args.clients)
             load.run()
             submit_seconds = load.finished - load.started
@@ -158,6 +173,7 @@ def main() -> int:
                 farm.processes.check_alive()
                 time.sleep(1)
             drain_seconds = time.perf_counter() - load.finished
+            writes = xid(database_url) - first_xid - 1
             cpu = meter.shares()
             runs = runs_per_prompt(Path(env["FARM_DATA_DIR"]) / "output", args.prompts)
 
@@ -169,6 +185,7 @@ def main() -> int:
         "submit_ms": {"p50": round(statistics.median(load.latencies), 2) if load.latencies else None,
                       "p99": percentile(load.latencies, 0.99), "max": percentile(load.latencies, 1.0)},
         "drain_s_after_last_submit": round(drain_seconds, 1),
+        "write_transactions_per_prompt": round(writes / max(1, len(load.accepted)), 2),
         "states": dict(collections.Counter(states.values())),
         "ran_twice": sorted(index for index, n in runs.items() if n > 1),
         "success_without_output": sorted(index for index in succeeded if runs[index] == 0),
@@ -180,7 +197,7 @@ def main() -> int:
           file=sys.stderr)
     print(f"all ended {result['drain_s_after_last_submit']} s after the last submit: {result['states']}; "
           f"ran twice: {len(result['ran_twice'])}; success without output: {len(result['success_without_output'])}; "
-          f"cpu {cpu}", file=sys.stderr)
+          f"cpu {cpu}; write transactions per prompt {result['write_transactions_per_prompt']}", file=sys.stderr)
     print(json.dumps(result))
     return 0 if not result["ran_twice"] and not result["success_without_output"] else 1
 
