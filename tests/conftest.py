@@ -8,7 +8,7 @@ import pytest
 
 from farm.config import load_settings
 from farm.db.migrate import upgrade
-from tests.services import fresh_postgres_database, service_url
+from tests.services import service_url
 
 
 class RecordingSender:
@@ -31,6 +31,16 @@ def sqlite_template(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres_databases():
+    """Migrated PostgreSQL databases, one per test, made ahead of need (MigratedPostgresDatabases)."""
+    from tests.services import MigratedPostgresDatabases
+
+    databases = MigratedPostgresDatabases(service_url("database"))
+    yield databases
+    databases.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path, sqlite_template):
     """A migrated, empty database: SQLite always, PostgreSQL when FARM_TEST_DATABASE_URL is set."""
@@ -40,8 +50,8 @@ def database_url(request, tmp_path, sqlite_template):
         shutil.copy(sqlite_template, path)
         yield f"sqlite:///{path}"
     else:
-        with fresh_postgres_database(service_url("database")) as url:
-            upgrade(url)
+        service_url("database")  # skips, saying why, where no PostgreSQL is set
+        with request.getfixturevalue("postgres_databases").database() as url:
             yield url
 
 
