@@ -56,6 +56,11 @@ class FarmProcess:
             time.sleep(0.1)
         raise AssertionError(f"{self.args} not ready in {timeout} s:\n{self.output()}")
 
+    def send(self, sig=signal.SIGTERM) -> None:
+        """Send `sig` without waiting: several processes stop side by side, then `stop(None)` each."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+
     def output(self) -> str:
         if not self.log.closed:
             self.log.flush()
@@ -74,8 +79,9 @@ class FarmProcess:
         return self.stdout()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
+        """Send `sig` (None: it was sent already, see `send`) and wait for the exit code."""
+        if sig is not None:
+            self.send(sig)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

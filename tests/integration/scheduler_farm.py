@@ -55,20 +55,33 @@ class SchedulerFarm:
         self.database_url = database_url
         self.engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
         self.web: FarmProcess | None = None
+        self._web_ready = False
         self.workers: dict[str, FarmProcess] = {}
         self.http = requests.Session()
         if migrate:
-            upgrade = FarmProcess(["db", "upgrade"], self.env, folder / "upgrade.log")
-            assert upgrade.process.wait(60) == 0, upgrade.output()
+            # What `farm db upgrade` runs, in this process: a CLI start less per farm.
+            from farm.db.migrate import upgrade
+
+            upgrade(database_url)
 
     @property
     def url(self) -> str:
+        self.wait_web()
         return self.web.url
 
-    def start_web(self) -> None:
+    def wait_web(self) -> None:
+        if not self._web_ready:
+            self.web.wait_ready()
+            self._web_ready = True
+
+    def start_web(self, wait: bool = True) -> None:
+        """`farm web` on a free port; without `wait`, the first use of `url` waits for it (a worker
+        started meanwhile starts side by side with it)."""
         port = free_port()
         self.web = FarmProcess(["web", "--port", str(port)], self.env, self.folder / f"web-{port}.log", port)
-        self.web.wait_ready()
+        self._web_ready = False
+        if wait:
+            self.wait_web()
 
     def start_worker(self, name: str, wait: bool = True, restart: bool = False, **env) -> FarmProcess:
         extra = {f"FARM_{key.upper()}": str(value) for key, value in env.items()}
@@ -78,6 +91,13 @@ class SchedulerFarm:
         if wait:
             self.wait_worker_state(name, ("idle", "busy"))
         return worker
+
+    def start_workers(self, *names: str, **env) -> None:
+        """Several workers (same settings) started side by side, then waited for together."""
+        for name in names:
+            self.start_worker(name, wait=False, **env)
+        for name in names:
+            self.wait_worker_state(name, ("idle", "busy"))
 
     def worker_state(self, name: str) -> str | None:
         for worker in self.http.get(f"{self.url}/api/workers", timeout=10).json()["workers"]:
@@ -141,11 +161,15 @@ class SchedulerFarm:
         return "\n".join(parts)
 
     def close(self) -> None:
+        # Every process is told at once and they stop side by side (each takes a second or two).
+        processes = [*self.workers.values(), *([self.web] if self.web is not None else [])]
+        for process in processes:
+            process.send(signal.SIGTERM)
         for worker in self.workers.values():
             try:
-                worker.stop(timeout=60)
+                worker.stop(None, timeout=60)
             except AssertionError:
                 pass
         if self.web is not None:
-            self.web.stop()
+            self.web.stop(None)
         self.engine.dispose()
