@@ -36,7 +36,8 @@ def models(tmp_path_factory):
     return folder, int(entry["bytes"] * 1.5)
 
 
-def run_workload(tmp_path, models, lookahead: int) -> tuple[int, list]:
+def run_workload(tmp_path, models, lookahead: int) -> tuple[int, list, float]:
+    """Checkpoint loads, how long each passed prompt waited, and the longest prompt's run (s)."""
     folder, budget = models
     redis_url = own_redis_url()
     with fresh_postgres_database(service_url("database")) as database_url:
@@ -45,8 +46,7 @@ def run_workload(tmp_path, models, lookahead: int) -> tuple[int, list]:
                              affinity_max_wait_seconds=MAX_WAIT)
         try:
             farm.start_web()
-            farm.start_worker("one")
-            farm.start_worker("two")
+            farm.start_workers("one", "two")
             farm.http.post(f"{farm.url}/api/dispatch/pause")  # the whole workload queued at once
             ids = [farm.submit(seed_workflow(CHECKPOINTS[i % 3], seed=i, steps=1, size=64, prefix=f"p{i}"))
                    for i in range(PROMPTS)]
@@ -59,18 +59,22 @@ def run_workload(tmp_path, models, lookahead: int) -> tuple[int, list]:
                 waits = connection.execute(text(
                     "SELECT extract(epoch FROM started_at - passed_at) FROM prompts WHERE passed_at IS NOT NULL"
                 )).scalars().all()
-            return loads, waits
+                longest = connection.execute(text("SELECT max(extract(epoch FROM finished_at - started_at)) FROM prompts"
+                                                  )).scalar()
+            return loads, [float(wait) for wait in waits], float(longest)
         finally:
             farm.close()
 
 
 def test_affinity_loads_fewer_checkpoints_than_queue_order_within_the_bound(tmp_path, models):
-    fifo_loads, fifo_waits = run_workload(tmp_path / "fifo", models, lookahead=0)
-    affine_loads, waits = run_workload(tmp_path / "affinity", models, lookahead=16)
+    fifo_loads, fifo_waits, _ = run_workload(tmp_path / "fifo", models, lookahead=0)
+    affine_loads, waits, longest_run = run_workload(tmp_path / "affinity", models, lookahead=16)
     assert fifo_waits == []  # strict order passes nobody
     assert affine_loads < fifo_loads, (affine_loads, fifo_loads)
     # A passed prompt is taken first once overdue: it waits at most the bound plus the prompt
-    # that was running on the next worker to free up (a few seconds on tiny models).
-    assert waits and max(waits) <= MAX_WAIT + 5, waits
+    # that was running on the next worker to free up. That prompt's run is measured, not assumed
+    # (about a second on tiny models, several on a first prompt or a busy machine), plus a second
+    # for the dispatch itself.
+    assert waits and max(waits) <= MAX_WAIT + longest_run + 1, (waits, longest_run)
     print(f"checkpoint loads: queue order {fifo_loads}, affinity {affine_loads}; longest affinity wait "
-          f"{max(waits):.1f} s")
+          f"{max(waits):.1f} s; longest prompt {longest_run:.1f} s")

@@ -24,8 +24,7 @@ def test_redis_restarted_during_a_burst_loses_and_doubles_nothing(tmp_path):
         farm = SchedulerFarm(tmp_path, database_url, redis.url, redis.url, dispatch_timeout_seconds=5)
         try:
             farm.start_web()
-            farm.start_worker("alpha")
-            farm.start_worker("beta")
+            farm.start_workers("alpha", "beta")
             accepted, answers = [], []
 
             def burst(start: int) -> None:

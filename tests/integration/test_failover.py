@@ -1,8 +1,9 @@
 """The scheduler on real processes when things go wrong: slow loads, workers presumed dead, killed,
 stopped; a database outage. Each prompt must end once, and its client hear its end once.
 
-Workers time out after 3 s here (FARM_WORKER_TIMEOUT_SECONDS) and beat every 0.5 s, so each
-scenario is several timeouts long. Tests that stop a database use a throwaway server of their own.
+Workers time out after 3 s here (FARM_WORKER_TIMEOUT_SECONDS) and beat every 0.5 s; what must
+outlast a timeout (a model load, a database outage) lasts two, so that a wrong reap (reapers run
+every 0.5 s) has a whole timeout more to happen in. Tests that stop a database use a throwaway server of their own.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ def finals(sock: Socket, prompt_id: str) -> list[str]:
 
 
 def test_a_worker_stays_live_through_a_long_model_load_and_a_stale_attempt_ends_quietly(farm, tmp_path):
-    farm.start_worker("alpha")
-    farm.start_worker("beta")
-    # Defect 1: a load that holds the model cache four worker timeouts long; no reap, one run.
-    loaded = farm.submit(block_prompt(seconds=12, hold_models=True))
+    farm.start_workers("alpha", "beta")
+    # Defect 1: a load that holds the model cache two worker timeouts long; no reap, one run.
+    loaded = farm.submit(block_prompt(seconds=6, hold_models=True))
     entry = farm.history(loaded, timeout=60)
     assert entry["status"]["status_str"] == "success"
     assert farm.row(loaded)["attempt"] == 1
@@ -109,9 +109,10 @@ def test_sigterm_drains_and_past_the_grace_puts_the_prompt_back_silently(farm):
     assert finals(sock, finishing) == ["execution_success", "done"]
 
     # Second half: past a 1 s grace the prompt goes back to the queue and the client hears nothing
-    # final; the next worker runs it, and then the client hears its end once.
+    # final; the next worker runs it, and then the client hears its end once. (5 s: well past the
+    # grace, and what the third worker then runs in full.)
     farm.start_worker("second", stop_grace_seconds=1)
-    put_back = farm.submit(sleep_prompt(20000), client_id="c")
+    put_back = farm.submit(sleep_prompt(5000), client_id="c")
     farm.wait_row(put_back, lambda row: row["state"] == "running")
     assert farm.workers["second"].stop(signal.SIGTERM, timeout=30) == 0
     row = farm.wait_row(put_back, lambda row: row["state"] == "queued")
@@ -141,7 +142,9 @@ def test_workers_with_different_model_folders_get_only_what_they_can_run(farm):
         folder.mkdir(parents=True)
         for file in files:
             (folder / file).write_bytes(b"not loaded by the test node")
-        farm.start_worker(name, models_dir=folder.parent)
+        farm.start_worker(name, wait=False, models_dir=folder.parent)
+    for name in ("has-a", "has-b"):
+        farm.wait_worker_state(name, ("idle", "busy"))
     deadline = time.monotonic() + 30
     while farm.http.get(f"{farm.url}/models/checkpoints").json() != ["a.safetensors", "b.safetensors",
                                                                        "c.safetensors"]:
@@ -163,8 +166,7 @@ def test_a_database_outage_while_results_are_written_loses_and_doubles_nothing(t
     farm = SchedulerFarm(tmp_path, postgres.url, redis_url, redis_url)
     try:
         farm.start_web()
-        farm.start_worker("alpha")
-        farm.start_worker("beta")
+        farm.start_workers("alpha", "beta")
         release = tmp_path / "release"
         writing = farm.submit(block_prompt(str(release), seconds=120))
         farm.wait_row(writing, lambda row: row["state"] == "running")
@@ -185,7 +187,7 @@ def test_a_database_outage_while_results_are_written_loses_and_doubles_nothing(t
         time.sleep(1)
         postgres.stop()
         release.touch()  # the prompt ends while its result cannot be written
-        time.sleep(12)  # four worker timeouts without a database
+        time.sleep(6)  # two worker timeouts without a database: every beat is stale when it is back
         postgres.start()
         time.sleep(3)
         stop.set()

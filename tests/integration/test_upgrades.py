@@ -183,8 +183,7 @@ def test_a_rolling_worker_upgrade_drains_replaces_and_shows_the_mix(tmp_path):
         farm = SchedulerFarm(tmp_path, database_url, redis_url, redis_url)
         try:
             farm.start_web()
-            for name in ("w1", "w2"):
-                farm.start_worker(name, build="old")
+            farm.start_workers("w1", "w2", build="old")
             ids = [farm.submit(sleep_prompt(100, value=index)) for index in range(14)]
             mixes = []
             for name in ("w1", "w2"):  # one at a time, as a rolling update does
