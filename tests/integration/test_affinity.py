@@ -45,7 +45,7 @@ def run_workload(tmp_path, models, lookahead: int) -> tuple[int, list, float]:
                              model_cache_bytes=budget, affinity_lookahead=lookahead,
                              affinity_max_wait_seconds=MAX_WAIT)
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the workers start alongside
             farm.start_workers("one", "two")
             farm.http.post(f"{farm.url}/api/dispatch/pause")  # the whole workload queued at once
             ids = [farm.submit(seed_workflow(CHECKPOINTS[i % 3], seed=i, steps=1, size=64, prefix=f"p{i}"))

@@ -23,7 +23,7 @@ def test_redis_restarted_during_a_burst_loses_and_doubles_nothing(tmp_path):
     with fresh_postgres_database(service_url("database")) as database_url:
         farm = SchedulerFarm(tmp_path, database_url, redis.url, redis.url, dispatch_timeout_seconds=5)
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the workers start alongside
             farm.start_workers("alpha", "beta")
             accepted, answers = [], []
 

@@ -77,7 +77,7 @@ def test_when_every_worker_is_gone_the_web_ends_their_prompts(tmp_path):
         redis_url = own_redis_url()
         farm = SchedulerFarm(tmp_path, database_url, redis_url, redis_url, max_attempts=1)
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the worker starts alongside
             farm.start_worker("only")
             sock = Socket(farm.web, "?clientId=c")
             prompt_id = farm.submit(block_prompt(seconds=120), client_id="c")
@@ -165,7 +165,7 @@ def test_a_database_outage_while_results_are_written_loses_and_doubles_nothing(t
     redis_url = own_redis_url()
     farm = SchedulerFarm(tmp_path, postgres.url, redis_url, redis_url)
     try:
-        farm.start_web()
+        farm.start_web(wait=False)  # the workers start alongside
         farm.start_workers("alpha", "beta")
         release = tmp_path / "release"
         writing = farm.submit(block_prompt(str(release), seconds=120))

@@ -26,7 +26,7 @@ def test_flower_shows_the_farms_workers_and_tasks(tmp_path):
         api = requests.Session()
         api.auth = ("ops", "s3cret")
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the worker starts alongside
             farm.start_worker("watched")
             deadline = time.monotonic() + 60
             while True:

@@ -21,7 +21,7 @@ def test_a_preloaded_checkpoint_is_in_the_cache_before_the_first_prompt(tmp_path
         (farm.data / "models" / "checkpoints").mkdir(parents=True)
         make_sd1(farm.data / "models" / "checkpoints" / "tiny.safetensors", seed=3)
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the worker starts alongside
             farm.start_worker("eager", preload="tiny.safetensors")
             worker = farm.http.get(f"{farm.url}/api/workers/eager", timeout=10).json()
             assert "checkpoints/tiny.safetensors" in [model["file"] for model in worker["loaded_models"]]

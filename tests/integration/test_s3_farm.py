@@ -26,7 +26,7 @@ def test_an_uploaded_image_is_loaded_processed_and_viewed_through_the_bucket(tmp
         farm = SchedulerFarm(tmp_path / "web-host", database_url, redis_url, redis_url,
                              storage_url=f"s3://{bucket}/farm", s3_endpoint_url=s3_server.endpoint)
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the worker starts alongside
             farm.start_worker("s3-worker", data_dir=tmp_path / "worker-host" / "data")
             buffer = io.BytesIO()
             Image.new("RGB", (8, 6), (0, 255, 0)).save(buffer, format="PNG")

@@ -182,7 +182,7 @@ def test_a_rolling_worker_upgrade_drains_replaces_and_shows_the_mix(tmp_path):
         redis_url = own_redis_url()
         farm = SchedulerFarm(tmp_path, database_url, redis_url, redis_url)
         try:
-            farm.start_web()
+            farm.start_web(wait=False)  # the workers start alongside
             farm.start_workers("w1", "w2", build="old")
             ids = [farm.submit(sleep_prompt(100, value=index)) for index in range(14)]
             mixes = []
