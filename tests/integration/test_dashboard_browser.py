@@ -137,4 +137,8 @@ def test_an_operator_follows_and_steers_a_sweep_in_the_browser(browser, tmp_path
         assert other.goto(f"{farm.url}/dashboard/batches/{batch_id}").status == 404
         assert other.goto(f"{farm.url}/dashboard/workers").status == 403
         shots(other, "other-team")
+        # Closed before the farm stops: kept-alive connections hold the web's graceful stop ~2 s.
+        api.close()
+        page.context.close()
+        other.context.close()
     assert shots.count == 7

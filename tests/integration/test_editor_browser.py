@@ -97,3 +97,4 @@ def test_an_artist_runs_a_workflow_in_comfyuis_editor_on_the_farm(tmp_path):
         admin = key(data, "default", "admin")
         other = requests.get(f"{farm.url}/api/settings", headers={"Authorization": f"Bearer {admin}"}, timeout=10)
         assert "Comfy.InstalledVersion" not in other.json()  # the default team's folder is its own
+        api.close()  # before the farm stops: a kept-alive connection holds the web's graceful stop ~2 s

@@ -75,11 +75,12 @@ def test_restart_with_prompts_queued_loses_none_and_runs_none_twice(tmp_path):
     data = tmp_path / "data"
     submitted = []
     with farm_up(data) as farm:
-        session = requests.Session()
-        for color in range(40):
-            answer = session.post(f"{farm.url}/prompt", timeout=10,
-                                  data=json.dumps({"prompt": invert_workflow(color=color, size=256)}))
-            submitted.append(answer.json()["prompt_id"])
+        # Closed before the stop: a kept-alive connection holds the web's graceful stop ~2 s.
+        with requests.Session() as session:
+            for color in range(40):
+                answer = session.post(f"{farm.url}/prompt", timeout=10,
+                                      data=json.dumps({"prompt": invert_workflow(color=color, size=256)}))
+                submitted.append(answer.json()["prompt_id"])
         remaining = requests.get(f"{farm.url}/prompt", timeout=5).json()["exec_info"]["queue_remaining"]
         # SIGTERM now, with prompts still waiting (farm_up's exit stops the farm)
     assert remaining > 0
@@ -178,6 +179,7 @@ def test_a_model_copied_into_a_running_farm_up_is_accepted_at_once_by_every_web_
             entry = wait_history(farm.url, prompt_id, timeout=30)
             assert entry["status"]["status_str"] == "success" and entry["outputs"]["1"]["text"] == ["new.safetensors"]
         assert "new.safetensors" in session.get(f"{farm.url}/models/checkpoints", timeout=5).json()
+        session.close()  # before the stop: a kept-alive connection holds the web's graceful stop ~2 s
 
 
 def test_farm_up_reachable_from_the_network_turns_keys_on_and_still_starts(tmp_path):

@@ -53,5 +53,6 @@ def test_flower_shows_the_farms_workers_and_tasks(tmp_path):
             assert any(name.startswith("watched@") for name in workers), workers
             assert requests.get(f"http://127.0.0.1:{port}/api/tasks", timeout=10).status_code == 401
         finally:
+            api.close()
             flower.stop()
             farm.close()

@@ -37,6 +37,7 @@ def test_web_processes_add_up_and_a_worker_serves_its_own(tmp_path):
             for _ in range(40):  # kept-alive and fresh connections: both gunicorn workers serve some
                 requests.get(f"{farm.url}/queue", timeout=10)
                 session.get(f"{farm.url}/queue", timeout=10)
+            session.close()  # a kept-alive connection would hold the web's stop ~2 s
             found = samples(f"{farm.url}/metrics")
             assert total(found, "farm_http_requests_total", route="/queue", status="200") == 80
             # Multiprocess mode is on: each gunicorn process that served writes its counters to a
