@@ -11,7 +11,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.integration.farm_process import FarmProcess, farm_env, free_port, wait_history
+from tests.integration.farm_process import FarmProcess, farm_env, free_port, stop_all, wait_history
 from tests.services import fresh_postgres_database, service_url
 from tests.workflows import invert_workflow
 
@@ -34,8 +34,7 @@ def cluster(tmp_path):
             processes[0].wait_ready()
             yield processes[0].url, database_url, data
         finally:
-            for process in reversed(processes):
-                process.stop()
+            stop_all(processes)
 
 
 def wait_for_workers(url: str, count: int) -> None:

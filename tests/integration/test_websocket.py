@@ -23,7 +23,7 @@ import requests
 import websocket
 
 from farm.events import channel_for, encode_event
-from tests.integration.farm_process import FarmProcess, farm_env, farm_up, free_port
+from tests.integration.farm_process import FarmProcess, farm_env, farm_up, free_port, stop_all
 from tests.integration.test_control import long_chain
 from tests.services import fresh_postgres_database, service_url
 from tests.workflows import invert_workflow, seed_workflow
@@ -92,8 +92,7 @@ def cluster(tmp_path_factory):
                 time.sleep(0.1)
             yield Cluster(web_a, web_b, worker, redis_url, env, tmp)
         finally:
-            for process in reversed(processes):
-                process.stop()
+            stop_all(processes)
 
 
 class Socket:
@@ -361,9 +360,7 @@ def test_a_prompt_whose_worker_is_lost_past_its_attempts_ends_as_an_error_for_it
         assert Socket(web, "?clientId=c-lost").wait(lambda m: m)[:1] == [  # nothing runs for it any more
             ("status", {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "c-lost"})]
     finally:
-        for process in (again, web):
-            if process is not None:
-                process.stop()
+        stop_all([process for process in (again, web) if process is not None])
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
