@@ -25,7 +25,6 @@ line to stdout. About 4 minutes on 2 cores with the defaults.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import statistics
@@ -38,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from tests.services import fresh_postgres_database  # noqa: E402
 
 GRAPH = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
@@ -89,22 +88,6 @@ def fill(url: str, history: int, queued: int) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE prompts"))
     engine.dispose()
-
-
-@contextlib.contextmanager
-def database(base_url: str, keep: bool):
-    url = make_url(base_url).set(drivername="postgresql+psycopg")
-    name = f"farm_bench_scale_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        if not keep:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class NoBroker:
@@ -172,8 +155,8 @@ def main() -> int:
     from farm.db.migrate import upgrade
 
     results: dict = {"history": args.history, "queued": args.queued, "routes": {}}
-    with tempfile.TemporaryDirectory() as data_dir, database(args.database_url, args.keep) as url, \
-            database(args.database_url, args.keep) as empty_url:
+    with tempfile.TemporaryDirectory() as data_dir, fresh_postgres_database(args.database_url, args.keep) as url, \
+            fresh_postgres_database(args.database_url, args.keep) as empty_url:
         for target, queued in ((url, args.queued), (empty_url, 0)):
             upgrade(target)
             started = time.perf_counter()

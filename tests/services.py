@@ -27,8 +27,9 @@ def service_url(name: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_postgres_database(base_url: str):
-    """A new, empty PostgreSQL database on the server of `base_url`, dropped afterwards."""
+def fresh_postgres_database(base_url: str, keep: bool = False):
+    """A new, empty PostgreSQL database on the server of `base_url`, dropped afterwards (unless
+    `keep`: a bench's, to look at later)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -40,8 +41,9 @@ def fresh_postgres_database(base_url: str):
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
