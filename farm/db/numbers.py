@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, bindparam, func, select, text, update
 
+from farm.db.direct_insert import DirectStatement
 from farm.db.models import Counter
 
 _counters = Counter.__table__
@@ -32,3 +33,22 @@ def take(connection: Connection, count: int = 1) -> list[int]:
         return list(connection.execute(_SEQUENCE_MANY, {"count": count}).scalars())
     last = connection.execute(_COUNTER_TAKE, {"count": count}).scalar_one()
     return list(range(last - count, last))
+
+
+class DirectNumbers:
+    """`take` for a DirectWriter's cursor: the same statements, compiled once for `dialect`."""
+
+    def __init__(self, dialect):
+        self.sequence = dialect.name == "postgresql"
+        if self.sequence:
+            self._one, self._many = DirectStatement(dialect, _SEQUENCE_ONE), DirectStatement(dialect, _SEQUENCE_MANY)
+        else:
+            self._counter = DirectStatement(dialect, _COUNTER_TAKE)
+
+    def take(self, cursor, count: int = 1) -> list[int]:
+        if self.sequence:
+            if count == 1:
+                return [cursor.execute(self._one.sql, self._one.parameters()).fetchone()[0]]
+            return [row[0] for row in cursor.execute(self._many.sql, self._many.parameters({"count": count})).fetchall()]
+        last = cursor.execute(self._counter.sql, self._counter.parameters({"count": count})).fetchone()[0]
+        return list(range(last - count, last))

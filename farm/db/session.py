@@ -41,6 +41,8 @@ class Database:
     read: sessionmaker
     write_factory: sessionmaker
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Called by dispose() first: holders of a connection kept outside the pool (DirectWriter).
+    _on_dispose: list = field(default_factory=list)
 
     @property
     def is_sqlite(self) -> bool:
@@ -49,23 +51,37 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A session for one write transaction: committed on success, rolled back on error."""
-        lock = self._write_lock if self.is_sqlite else contextlib.nullcontext()
-        with lock, self.write_factory() as session, session.begin():
+        with self.write_lock(), self.write_factory() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
     def write_connection(self) -> Iterator[Connection]:
         """A Core connection in one write transaction, for hot paths that skip the ORM."""
-        lock = self._write_lock if self.is_sqlite else contextlib.nullcontext()
-        with lock, self.writer.begin() as connection:
+        with self.write_lock(), self.writer.begin() as connection:
             yield connection
+
+    def write_lock(self):
+        """What every writer of this process holds for a write transaction (SQLite: one writer)."""
+        return self._write_lock if self.is_sqlite else contextlib.nullcontext()
+
+    def begin_write(self, driver_connection) -> None:
+        """Start a write transaction on a driver connection outside SQLAlchemy (DirectWriter's):
+        BEGIN IMMEDIATE on SQLite (the connection's busy_timeout must be 0, see
+        begin_immediate_retrying); PostgreSQL's driver begins implicitly."""
+        if self.is_sqlite:
+            begin_immediate_retrying(driver_connection)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
         with self.read() as session:
             yield session
 
+    def on_dispose(self, callback) -> None:
+        self._on_dispose.append(callback)
+
     def dispose(self) -> None:
+        for callback in self._on_dispose:
+            callback()
         self.engine.dispose()
 
 
@@ -117,18 +133,24 @@ def _ping_when_idle(engine: Engine) -> None:
 def _begin_immediate(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
     driver.execute("PRAGMA busy_timeout=0")
     try:
-        delay, deadline = 0.00005, time.monotonic() + timeout
-        while True:
-            try:
-                driver.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exception:
-                if "locked" not in str(exception) and "busy" not in str(exception) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
+        begin_immediate_retrying(driver, timeout)
     finally:
         driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def begin_immediate_retrying(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """BEGIN IMMEDIATE, retried with short sleeps while another process writes; `driver`'s
+    busy_timeout must be 0 (else SQLite's own coarse busy handler waits first)."""
+    delay, deadline = 0.00005, time.monotonic() + timeout
+    while True:
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exception:
+            if "locked" not in str(exception) and "busy" not in str(exception) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.002)
 
 
 def make_database(url: str, *, pool_size: int = 10) -> Database:
