@@ -7,15 +7,15 @@ reads use plain deferred transactions and never block writers (WAL mode).
 
 Waiting for the write lock is done here, not by SQLite: its busy handler sleeps in steps of one
 millisecond and more, which caps several processes sharing the file at a few hundred commits per
-second. Threads of one process queue on a Python lock; processes retry BEGIN IMMEDIATE with
-sleeps growing from 50 microseconds.
+second. The farm's writers queue (farm.db.writer_queue: threads on a Python lock, processes on a
+file lock the kernel hands on at once); BEGIN IMMEDIATE still retries, with sleeps growing from
+50 microseconds, for writers outside that queue.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ from typing import Iterator
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from farm.db.writer_queue import WriterQueue
 
 BUSY_TIMEOUT_MS = 30000
 # A pooled connection idle longer than this is pinged before use. One in steady use is not:
@@ -40,7 +42,8 @@ class Database:
     writer: Engine  # the engine with the write execution option (BEGIN IMMEDIATE on SQLite)
     read: sessionmaker
     write_factory: sessionmaker
-    _write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # SQLite's writers on this host, queued (farm.db.writer_queue); None on PostgreSQL.
+    writers: WriterQueue | None = None
     # Called by dispose() first: holders of a connection kept outside the pool (DirectWriter).
     _on_dispose: list = field(default_factory=list)
 
@@ -62,7 +65,7 @@ class Database:
 
     def write_lock(self):
         """What every writer of this process holds for a write transaction (SQLite: one writer)."""
-        return self._write_lock if self.is_sqlite else contextlib.nullcontext()
+        return self.writers if self.writers is not None else contextlib.nullcontext()
 
     def begin_write(self, driver_connection) -> None:
         """Start a write transaction on a driver connection outside SQLAlchemy (DirectWriter's):
@@ -83,6 +86,8 @@ class Database:
         for callback in self._on_dispose:
             callback()
         self.engine.dispose()
+        if self.writers is not None:
+            self.writers.close()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -153,6 +158,11 @@ def begin_immediate_retrying(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) ->
         delay = min(delay * 2, 0.002)
 
 
+def _writer_queue(url) -> WriterQueue:
+    in_memory = not url.database or url.database == ":memory:" or url.query.get("mode") == "memory"
+    return WriterQueue(None if in_memory else Path(url.database).resolve())
+
+
 def make_database(url: str, *, pool_size: int = 10) -> Database:
     """Engine plus read and write session factories for `url`; creates the SQLite folder."""
     parsed = make_url(url)
@@ -172,6 +182,7 @@ def make_database(url: str, *, pool_size: int = 10) -> Database:
         _ping_when_idle(engine)
     writer = engine.execution_options(farm_write=True)
     return Database(
+        writers=_writer_queue(parsed) if engine.dialect.name == "sqlite" else None,
         engine=engine,
         writer=writer,
         read=sessionmaker(engine, expire_on_commit=False),
