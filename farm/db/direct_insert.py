@@ -20,8 +20,6 @@ from typing import Iterator, Sequence
 
 from sqlalchemy import Table, exc, insert
 
-from farm.db.session import BUSY_TIMEOUT_MS
-
 
 class DirectInsert:
     """INSERT INTO `table` for rows with exactly the keys `keys`, plus `sql_values` (column ->
@@ -91,7 +89,7 @@ class DirectWriter:
         errors come out as SQLAlchemy's (a lost connection is dropped, the next one is fresh)."""
         with self._lock, self.database.write_lock():
             if self._connection is None:
-                self._connection = self._connect()
+                self._connection = self.database.engine.raw_connection()
             connection = self._connection
             cursor = DirectCursor(connection.cursor())
             try:
@@ -108,12 +106,6 @@ class DirectWriter:
                 raise
             finally:
                 cursor.close()
-
-    def _connect(self):
-        connection = self.database.engine.raw_connection()
-        if self.database.is_sqlite:  # kept at 0 while it is ours: Database.begin_write retries itself
-            connection.driver_connection.execute("PRAGMA busy_timeout=0")
-        return connection
 
     def _abandon(self, connection, cursor, error: BaseException) -> None:
         lost = isinstance(error, self.dialect.loaded_dbapi.Error) and \
@@ -134,8 +126,6 @@ class DirectWriter:
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
-                if self.database.is_sqlite:
-                    self._connection.driver_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self._connection.close()
                 self._connection = None
 

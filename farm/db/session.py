@@ -5,17 +5,17 @@ with "database is locked" when another process wrote in between, so every write 
 here starts with `BEGIN IMMEDIATE` (it takes the write lock up front and waits for it), while
 reads use plain deferred transactions and never block writers (WAL mode).
 
-Waiting for the write lock is done here, not by SQLite: its busy handler sleeps in steps of one
-millisecond and more, which caps several processes sharing the file at a few hundred commits per
-second. The farm's writers queue (farm.db.writer_queue: threads on a Python lock, processes on a
-file lock the kernel hands on at once); BEGIN IMMEDIATE still retries, with sleeps growing from
-50 microseconds, for writers outside that queue.
+The farm's writers wait for one another before BEGIN IMMEDIATE, not inside SQLite: SQLite's
+busy handler sleeps in steps of a millisecond and more, which capped processes sharing the file
+at a few hundred commits per second. They queue (farm.db.writer_queue: threads on a Python lock,
+processes on a file lock the kernel hands on at once), so BEGIN IMMEDIATE finds the database
+free; only a writer outside the farm (the sqlite3 shell, a migration) makes it wait, in SQLite's
+busy handler, for up to BUSY_TIMEOUT_MS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +69,9 @@ class Database:
 
     def begin_write(self, driver_connection) -> None:
         """Start a write transaction on a driver connection outside SQLAlchemy (DirectWriter's):
-        BEGIN IMMEDIATE on SQLite (the connection's busy_timeout must be 0, see
-        begin_immediate_retrying); PostgreSQL's driver begins implicitly."""
+        BEGIN IMMEDIATE on SQLite; PostgreSQL's driver begins implicitly."""
         if self.is_sqlite:
-            begin_immediate_retrying(driver_connection)
+            driver_connection.execute("BEGIN IMMEDIATE")
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
@@ -110,10 +109,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # Straight to the driver: this runs for every transaction, and SQLAlchemy's statement
         # machinery would cost more than the BEGIN itself.
         driver = connection.connection.driver_connection
-        if connection.get_execution_options().get("farm_write", False):
-            _begin_immediate(driver)
-        else:
-            driver.execute("BEGIN")
+        driver.execute("BEGIN IMMEDIATE" if connection.get_execution_options().get("farm_write", False) else "BEGIN")
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -133,29 +129,6 @@ def _ping_when_idle(engine: Engine) -> None:
         except Exception as error:  # noqa: BLE001 - any failure means this connection is unusable
             # The pool discards this connection and checks out another (a fresh one if need be).
             raise exc.DisconnectionError(str(error)) from error
-
-
-def _begin_immediate(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
-    driver.execute("PRAGMA busy_timeout=0")
-    try:
-        begin_immediate_retrying(driver, timeout)
-    finally:
-        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-
-def begin_immediate_retrying(driver, timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
-    """BEGIN IMMEDIATE, retried with short sleeps while another process writes; `driver`'s
-    busy_timeout must be 0 (else SQLite's own coarse busy handler waits first)."""
-    delay, deadline = 0.00005, time.monotonic() + timeout
-    while True:
-        try:
-            driver.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exception:
-            if "locked" not in str(exception) and "busy" not in str(exception) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.002)
 
 
 def _writer_queue(url) -> WriterQueue:

@@ -6,7 +6,7 @@ the write lock taken can only sleep and try again, so it starts late by up to it
 on the host (SQLite's file cannot be shared across hosts) first takes an exclusive flock of a
 file beside the database; the kernel wakes the next waiter as soon as the holder lets go, and
 BEGIN IMMEDIATE then finds the database free. Writers outside the farm (the sqlite3 shell, a
-backup) do not take the flock; BEGIN IMMEDIATE's retries still cover them.
+migration) do not take the flock; SQLite's busy handler still waits for them.
 """
 
 from __future__ import annotations
