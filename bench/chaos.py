@@ -13,7 +13,8 @@ same prompt_id and body (idempotent), up to 30 s; a prompt counts as accepted on
 
 Faults, at seconds after the load starts (`--spacing` apart): SIGKILL a worker (a new one starts),
 restart Redis (down `--outage` s), restart PostgreSQL (down `--outage` s), fill the output tmpfs for
-`--outage` s, SIGKILL another worker. Then the script waits (at most `--drain-timeout`) until every
+`--outage` s (the prompts that find it full go back to the queue and their workers wait, so they
+succeed once it has room again), SIGKILL another worker. Then the script waits (at most `--drain-timeout`) until every
 accepted prompt is in a terminal state, and prints what it did and what it found: states, errors by
 exception type, prompts that ran twice or ended with no state, the clients' refusals. Exit code 1
 if an accepted prompt was lost, ran twice or never ended.
@@ -30,7 +31,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from farm_cluster import BenchError, Farm, Processes, logs_folder  # noqa: E402
-from tests.services import ThrowawayPostgres, ThrowawayRedis  # noqa: E402
+from tests.services import ThrowawayPostgres, ThrowawayRedis, fill, small_storage  # noqa: E402
 
 TERMINAL = ("success", "error", "interrupted", "cancelled")
 
@@ -118,33 +118,6 @@ class Clients:
         for thread in threads:
             thread.start()
         return threads
-
-
-@contextlib.contextmanager
-def small_storage(folder: Path, megabytes: int):
-    """A tmpfs of `megabytes` at `folder`; yields whether it could be mounted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the filesystem of `folder` up to the last byte with one file; returns it."""
-    filler = folder / ".filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # unbuffered: nothing left to flush
-    try:
-        for size in (1 << 20, 4096, 1):
-            with contextlib.suppress(OSError):
-                while os.write(descriptor, b"\0" * size):
-                    pass
-    finally:
-        os.close(descriptor)
-    return filler
 
 
 def terminal_states(database_url: str, ids: list[str]) -> dict[str, tuple[str, dict | None]]:

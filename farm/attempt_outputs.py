@@ -10,7 +10,10 @@ drops its journal and keeps its files; a reap that gives a prompt up deletes eve
 
 from __future__ import annotations
 
+import errno
 import logging
+
+from farm.storage.full import StorageFull, is_full
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,12 @@ class AttemptOutputs:
         return getattr(self._storage, name)
 
     def write_numbered(self, kind, subfolder, basename, suffix, data, before_create=None) -> str:
-        return self._storage.write_numbered(kind, subfolder, basename, suffix, data, before_create=self._journal)
+        try:
+            return self._storage.write_numbered(kind, subfolder, basename, suffix, data, before_create=self._journal)
+        except Exception as error:
+            if is_full(error):  # the journal's line or the file itself found no room
+                raise StorageFull(errno.ENOSPC, f"the output storage is full: {error}") from error
+            raise
 
     def _journal(self, kind: str, subfolder: str, filename: str) -> None:
         self._shared.journal_append(self.journal, f"{self._team}\t{kind}\t{subfolder}\t{filename}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -247,3 +249,31 @@ class ThrowawayRedis:
             self.process.wait()
 
     close = stop
+
+
+@contextlib.contextmanager
+def small_storage(folder: Path, megabytes: float):
+    """A tmpfs of `megabytes` at `folder` (a real full disk for tests and benches); yields whether
+    it could be mounted (mounting needs root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(megabytes * 1024)}k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of `folder` up to the last byte with one file; returns it."""
+    filler = folder / ".filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # unbuffered: nothing left to flush
+    try:
+        for size in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(descriptor, b"\0" * size):
+                    pass
+    finally:
+        os.close(descriptor)
+    return filler

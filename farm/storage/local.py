@@ -138,8 +138,10 @@ class LocalStorage:
                 filename = f"{basename}_{counter:05}_{suffix}"
                 if before_create is not None:
                     before_create(kind, subfolder, filename)
+                created = False
                 try:
                     with open(folder / filename, "xb") as handle:
+                        created = True
                         handle.write(data)
                     self._next_counters[key] = counter + 1
                     return filename
@@ -147,6 +149,12 @@ class LocalStorage:
                     collisions += 1
                     counter = counter + 1 if collisions < 8 else self._scan_counter(folder, basename)
                     collisions = collisions if collisions < 8 else 0
+                except OSError:
+                    # Out of space, say, on write or on the close that flushes: no truncated image
+                    # is left behind (only a file this call created is removed).
+                    if created:
+                        (folder / filename).unlink(missing_ok=True)
+                    raise
 
     @staticmethod
     def _scan_counter(folder: Path, basename: str) -> int:

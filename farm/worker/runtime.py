@@ -41,6 +41,7 @@ from farm.queue.sender import CelerySender
 from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
 from farm.services.webhooks import PromptHooks
+from farm.storage.full import Backoff, is_full_error
 from farm.worker.coalescing import GroupCapacity
 from farm.worker.device import device_report
 from farm.worker.liveness import Heartbeat, Reporter
@@ -85,6 +86,8 @@ class WorkerRuntime:
         self.heartbeat = Heartbeat(settings, self.info, self._presumed_dead)
         self.reporter = Reporter(settings, self.info, self.context.database, self._refresh_info, self._tick)
         self._stopping = threading.Event()  # SIGTERM: take no more prompts
+        # How long to wait after a prompt found the output storage full (farm.storage.full).
+        self.storage_backoff = Backoff(first=1.0, most=30.0)
         self._abandon = threading.Event()  # past the stop grace: put the running prompt back
         self._interrupt = threading.Event()
         # Interrupts can arrive before the prompt starts here (it was only dispatched): remember them.
@@ -413,6 +416,18 @@ class WorkerRuntime:
             self._publish_status()
             log.info("worker stopping: %s goes back to the queue", claimed.prompt_id)
             return None
+        if result.status == "error" and is_full_error(result.error):
+            # Not the prompt's fault: it waits in the queue, uncounted, and this worker waits too
+            # (every worker writes to the same storage) before it takes another.
+            outputs.discard()
+            execution.requeue(self.context.database, claimed.prompt_id, claimed.attempt, self.name)
+            self._publish_status()
+            delay = self.storage_backoff.failed()
+            log.warning("output storage full (%s): %s goes back to the queue; this worker waits %.0f s",
+                        result.error.get("exception_message"), claimed.prompt_id, delay)
+            self._stopping.wait(delay)
+            return None
+        self.storage_backoff.succeeded()
         recorded, following = self._end(claimed, result, held)
         if recorded:
             self.metrics.prompts.labels(claimed.team, result.status).inc()

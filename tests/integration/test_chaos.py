@@ -32,6 +32,6 @@ def test_every_accepted_prompt_ends_once_through_kills_restarts_and_a_full_disk(
     assert found["accepted"] == 240 and not found["refused"], found
     assert found["lost"] == found["never_ended"] == 0 and not found["ran_twice"], found
     assert sum(found["states"].values()) == 240, found
-    # Prompts that could not save while the storage was full fail with a clear error, not silently.
-    for text in found["errors"]:
-        assert "No space left" in text or "Errno 28" in text, found["errors"]
+    # Prompts that could not save while the storage was full went back to the queue and ran again
+    # once it had room: none of these faults is a prompt's own, and none fails one.
+    assert found["states"] == {"success": 240} and not found["errors"], found
