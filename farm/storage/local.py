@@ -11,10 +11,10 @@ import hashlib
 import os
 import secrets
 import shutil
-import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from farm.storage.numbering import NumberedNames
 from farm.storage.paths import (
     DEFAULT_TEAM, PathRejected, StoredFile, check_filename, check_kind, check_team, is_image_name, numbered_pattern,
 )
@@ -30,8 +30,7 @@ class LocalStorage:
         # Other teams' files live in folders of their own, beside (never inside) these roots:
         # `<teams_root>/<team>/<type>`. A team sees its own folders only, by construction.
         self.teams_root = Path(teams_root) if teams_root is not None else None
-        self._next_counters: dict[tuple[Path, str], int] = {}
-        self._counter_lock = threading.Lock()
+        self._names = NumberedNames()
         self._teams: dict[str, LocalStorage] = {}
 
     @classmethod
@@ -120,41 +119,30 @@ class LocalStorage:
 
     def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes,
                        before_create=None) -> str:
-        """Write `data` as `<basename>_<NNNNN>_<suffix>` with the next free counter; return the name.
-        `before_create(kind, subfolder, filename)` is told each name before the file is created.
-
-        The counter continues after the highest existing one (ComfyUI's rule). The folder is
-        scanned once per (folder, basename) and the next counter remembered, so saving stays
-        cheap in a folder of thousands of images; the file is created exclusively, so workers
-        sharing the folder never overwrite each other, and a stale memory only costs a rescan.
-        """
+        """Write `data` as `<basename>_<NNNNN>_<suffix>` with the next free counter
+        (farm.storage.numbering); return the name. `before_create(kind, subfolder, filename)` is
+        told each name before the file is created."""
         folder = self.folder(kind, subfolder)
         folder.mkdir(parents=True, exist_ok=True)
-        key = (folder, basename)
-        with self._counter_lock:
-            counter = self._next_counters.get(key) or self._scan_counter(folder, basename)
-            collisions = 0
-            while True:
-                filename = f"{basename}_{counter:05}_{suffix}"
-                if before_create is not None:
-                    before_create(kind, subfolder, filename)
-                created = False
-                try:
-                    with open(folder / filename, "xb") as handle:
-                        created = True
-                        handle.write(data)
-                    self._next_counters[key] = counter + 1
-                    return filename
-                except FileExistsError:
-                    collisions += 1
-                    counter = counter + 1 if collisions < 8 else self._scan_counter(folder, basename)
-                    collisions = collisions if collisions < 8 else 0
-                except OSError:
-                    # Out of space, say, on write or on the close that flushes: no truncated image
-                    # is left behind (only a file this call created is removed).
-                    if created:
-                        (folder / filename).unlink(missing_ok=True)
-                    raise
+
+        def create(filename: str) -> bool:
+            created = False
+            try:
+                with open(folder / filename, "xb") as handle:
+                    created = True
+                    handle.write(data)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:
+                # Out of space, say, on write or on the close that flushes: no truncated image is
+                # left behind (only a file this call created is removed).
+                if created:
+                    (folder / filename).unlink(missing_ok=True)
+                raise
+
+        return self._names.create(folder, basename, suffix, create, lambda: self._scan_counter(folder, basename),
+                                   None if before_create is None else lambda name: before_create(kind, subfolder, name))
 
     @staticmethod
     def _scan_counter(folder: Path, basename: str) -> int:

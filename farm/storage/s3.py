@@ -20,6 +20,7 @@ import uuid
 from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
+from farm.storage.numbering import NumberedNames
 from farm.storage.paths import (
     DEFAULT_TEAM, StorageUnavailable, StoredFile, check_filename, check_kind, check_team, clean_subfolder,
     content_type, is_image_name, numbered_pattern,
@@ -85,8 +86,7 @@ class S3Storage:
         self.bucket, self.prefix, self._client = bucket, prefix, client
         self.presign, self.presign_seconds = presign, presign_seconds
         self.base = prefix if base is None else base  # where this team's type folders start
-        self._next_counters: dict[tuple[str, str], int] = {}
-        self._counter_lock = threading.Lock()
+        self._names = NumberedNames()
         self._teams: dict[str, S3Storage] = {}
 
     @classmethod
@@ -224,25 +224,19 @@ class S3Storage:
 
     def write_numbered(self, kind: str, subfolder: str, basename: str, suffix: str, data: bytes,
                        before_create=None) -> str:
-        """LocalStorage.write_numbered on keys: the next counter is found once per (folder,
-        basename) by listing the basename's prefix, then remembered; each name is created
-        conditionally, so a name another host took meanwhile moves this one on."""
+        """LocalStorage.write_numbered on keys (farm.storage.numbering): the next counter is found
+        by listing the basename's prefix; each name is created conditionally, so a name another
+        host took meanwhile moves this one on."""
         folder = self.folder_key(kind, subfolder)
-        key = (folder, basename)
-        with self._counter_lock:
-            counter = self._next_counters.get(key) or self._scan_counter(folder, basename)
-            collisions = 0
-            while True:
-                filename = f"{basename}_{counter:05}_{suffix}"
-                check_filename(filename)
-                if before_create is not None:
-                    before_create(kind, subfolder, filename)
-                if self._create(folder + filename, data, content_type(filename)):
-                    self._next_counters[key] = counter + 1
-                    return filename
-                collisions += 1
-                counter = counter + 1 if collisions < 8 else self._scan_counter(folder, basename)
-                collisions = collisions if collisions < 8 else 0
+
+        def check(filename: str) -> None:
+            check_filename(filename)
+            if before_create is not None:
+                before_create(kind, subfolder, filename)
+
+        return self._names.create(folder, basename, suffix,
+                                  lambda filename: self._create(folder + filename, data, content_type(filename)),
+                                  lambda: self._scan_counter(folder, basename), check)
 
     def _scan_counter(self, folder: str, basename: str) -> int:
         pattern = numbered_pattern(basename)
