@@ -95,8 +95,7 @@ class DirectWriter:
             try:
                 self.database.begin_write(connection.driver_connection)
                 yield cursor
-                connection.driver_connection.commit() if not self.database.is_sqlite \
-                    else connection.driver_connection.execute("COMMIT")
+                connection.driver_connection.commit()  # as SQLAlchemy commits, on both drivers
             except BaseException as error:
                 self._abandon(connection, cursor, error)
                 if isinstance(error, self.dialect.loaded_dbapi.Error):
@@ -112,11 +111,7 @@ class DirectWriter:
             self.dialect.is_disconnect(error, connection.driver_connection, cursor.cursor)
         if not lost:
             try:
-                if self.database.is_sqlite:
-                    if connection.driver_connection.in_transaction:
-                        connection.driver_connection.execute("ROLLBACK")
-                else:
-                    connection.driver_connection.rollback()
+                connection.driver_connection.rollback()
                 return
             except self.dialect.loaded_dbapi.Error:
                 pass  # a connection that cannot roll back is no longer one to keep
