@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Iterator, Sequence
 
 from sqlalchemy import Table, exc, insert
+
+from farm.db.session import IDLE_PING_SECONDS
 
 
 class DirectInsert:
@@ -80,6 +83,7 @@ class DirectWriter:
         self.database = database
         self.dialect = database.engine.dialect
         self._connection = None
+        self._used = 0.0  # monotonic time of the kept connection's last transaction
         self._lock = threading.Lock()
         database.on_dispose(self.close)
 
@@ -88,8 +92,15 @@ class DirectWriter:
         """A cursor in one write transaction: committed on success, rolled back on error; driver
         errors come out as SQLAlchemy's (a lost connection is dropped, the next one is fresh)."""
         with self._lock, self.database.write_lock():
+            if self._connection is not None and time.monotonic() - self._used > IDLE_PING_SECONDS:
+                self._ping()  # as the pool pings an idle connection at checkout (farm.db.session)
             if self._connection is None:
-                self._connection = self.database.engine.raw_connection()
+                try:
+                    self._connection = self.database.engine.raw_connection()
+                except self.dialect.loaded_dbapi.Error as error:  # raw_connection does not wrap it
+                    raise exc.DBAPIError.instance(None, None, error, self.dialect.loaded_dbapi.Error,
+                                                  dialect=self.dialect) from error
+            self._used = time.monotonic()
             connection = self._connection
             cursor = DirectCursor(connection.cursor())
             try:
@@ -105,6 +116,15 @@ class DirectWriter:
                 raise
             finally:
                 cursor.close()
+
+    def _ping(self) -> None:
+        """Drop the kept connection if it died while idle (a database restart), so that the next
+        submission does not fail on it."""
+        try:
+            self.dialect.do_ping(self._connection.driver_connection)
+        except Exception:  # noqa: BLE001 - any failure means this connection is unusable
+            self._connection.invalidate()
+            self._connection = None
 
     def _abandon(self, connection, cursor, error: BaseException) -> None:
         lost = isinstance(error, self.dialect.loaded_dbapi.Error) and \

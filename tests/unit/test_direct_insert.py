@@ -4,6 +4,7 @@ gives its connection back when the database is disposed."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from farm.db.clock import db_now
 from farm.db.models import Prompt, PromptState
-from farm.db.session import make_database
+from farm.db.session import IDLE_PING_SECONDS, make_database
 from farm.services.group_commit import GroupCommit
 from tests.services import service_url
 
@@ -75,6 +76,29 @@ def test_a_lost_connection_fails_one_submission_and_the_next_gets_a_fresh_one(po
         with pytest.raises(OperationalError):
             commit.insert(_row(), number=True)
         commit.insert(_row(), number=True)
+    finally:
+        database.dispose()
+
+
+def test_a_database_that_cannot_be_reached_is_sqlalchemys_operational_error():
+    database = make_database("postgresql://postgres@127.0.0.1:1/nowhere")  # nothing listens on port 1
+    try:
+        with pytest.raises(OperationalError):  # what the web answers 503 for, as for any outage
+            GroupCommit(database).insert(_row(), number=True)
+    finally:
+        database.dispose()
+
+
+def test_a_connection_lost_while_idle_is_replaced_before_the_next_submission(postgres_url):
+    database = make_database(postgres_url)
+    try:
+        commit = GroupCommit(database)
+        commit.insert(_row(), number=True)
+        with database.engine.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        time.sleep(IDLE_PING_SECONDS + 0.2)  # idle long enough to be pinged, as the pool's are
+        commit.insert(_row(), number=True)  # no error: the dead connection was found and replaced
     finally:
         database.dispose()
 
