@@ -48,8 +48,9 @@ class DirectInsert:
 
     def parameters(self, row: dict):
         """The driver's parameters for one row (a tuple for positional drivers, else a dict)."""
+        # None goes through the processor too: a JSON column stores it as JSON null, as SQLAlchemy does.
         values = [
-            (processor(value) if processor is not None and value is not None else value)
+            (processor(value) if processor is not None else value)
             for name, processor in self.processors
             for value in (row[name] if name in row else self.defaults[name],)
         ]
@@ -68,8 +69,7 @@ class DirectStatement:
     def parameters(self, values: dict | None = None):
         params = self.compiled.construct_params(values or {})
         processors = self.compiled._bind_processors
-        params = {name: (processors[name](value) if name in processors and value is not None else value)
-                  for name, value in params.items()}
+        params = {name: (processors[name](value) if name in processors else value) for name, value in params.items()}
         if self.compiled.positional:
             return tuple(params[name] for name in self.compiled.positiontup)
         return params

@@ -50,6 +50,11 @@ def test_a_direct_insert_stores_what_sqlalchemys_insert_stores(context):
     mine, theirs = stored[direct["prompt_id"]], stored[through_sqlalchemy["prompt_id"]]
     assert {c.name: getattr(mine, c.name) for c in _COMPARED} == {c.name: getattr(theirs, c.name) for c in _COMPARED}
     assert mine.priority == 50 and mine.retries == 0  # the columns' defaults, as SQLAlchemy fills them
+    # Stored alike too, not only read back alike: None in a JSON column is JSON null, not SQL NULL.
+    stored_null = text("SELECT prompt_id, partial_execution_targets IS NULL FROM prompts")
+    with database.engine.connect() as connection:
+        nulls = dict(connection.execute(stored_null).all())
+    assert nulls[direct["prompt_id"]] == nulls[through_sqlalchemy["prompt_id"]]
     assert mine.created_at is not None and abs((mine.created_at - theirs.created_at).total_seconds()) < 60
 
 
