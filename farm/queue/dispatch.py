@@ -36,6 +36,7 @@ import logging
 
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 
+from farm.db import prepared
 from farm.db.clock import ago, db_now
 from farm.db.models import Batch, BatchBlock, Counter, ModelNeeds, Prompt, PromptState, Team, Worker
 from farm.queue import fair_share, placement
@@ -135,7 +136,7 @@ def team_book(database) -> fair_share.TeamBook:
         with database.engine.connect() as connection:
             return {row.name: fair_share.TeamLimits(float(row.share), row.burst, row.max_running, row.max_queued,
                                                     row.webhook)
-                    for row in connection.execute(_TEAM_LIMITS)}
+                    for row in prepared.execute(connection, _TEAM_LIMITS)}
 
     return fair_share.TeamBook(read)
 # The chosen prompt, if still queued and not being taken by another dispatcher right now: a row
@@ -172,6 +173,7 @@ _FRONT_WAITING = select(_prompts.c.prompt_id).where(
 _LOCK_BATCH = select(_batches.c.id).where(_batches.c.id == bindparam("batch_id")).with_for_update()
 _ACTIVE_CELLS = select(func.count()).select_from(_prompts).where(
     _prompts.c.batch_id == bindparam("batch_id"), _prompts.c.state.in_(_ACTIVE))
+_FEW = 3  # rows read first by a worker that has no checkpoint loaded (Dispatcher._pick)
 _MARK_PASSED = (
     update(_prompts).where(_prompts.c.prompt_id.in_(bindparam("passed", expanding=True)),
                            _prompts.c.passed_at.is_(None))
@@ -237,7 +239,7 @@ class Dispatcher:
         batch_id, created_at, started_at), or
         None when the worker should take none now."""
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name}
-        locked = connection.execute(_LOCK_FOR_NEXT, params).first()
+        locked = prepared.execute(connection, _LOCK_FOR_NEXT, params).first()
         if locked is None or locked[1] or not self._has_work(connection, *locked[2:]):
             return None  # not steerable, holding a prompt, paused, or nothing queued
         worker = _Worker(worker_name, files, loaded, busy=False)
@@ -256,7 +258,7 @@ class Dispatcher:
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker_name, "needs": needs,
                   "window": self.window, "max_wait": float(self.settings.affinity_max_wait_seconds),
                   "team": head.team, "key": head.coalesce_key}
-        if connection.execute(_FRONT_WAITING, params).first() is not None:
+        if prepared.execute(connection, _FRONT_WAITING, params).first() is not None:
             return []
         worker = _Worker(worker_name, files, loaded, busy=True)
         taken = []
@@ -274,7 +276,7 @@ class Dispatcher:
         """Whether fair share ranks `team` first for this worker's next slot (below its caps)."""
         limits = self.teams.teams()
         loads = [fair_share.TeamLoad(row.name, limits.get(row.name, fair_share.TeamLimits()), row.in_use, row.head)
-                 for row in connection.execute(_TEAM_LOADS, params)]
+                 for row in prepared.execute(connection, _TEAM_LOADS, params)]
         ranked = fair_share.ranked(loads)
         if not ranked or ranked[0].name != team:
             return False
@@ -284,7 +286,7 @@ class Dispatcher:
     def _ready(self, connection) -> bool:
         """Whether a pass has anything to do (dispatch not paused, some prompt queued); refreshes
         the known model needs."""
-        return self._has_work(connection, *connection.execute(_PASS).one())
+        return self._has_work(connection, *prepared.execute(connection, _PASS).one())
 
     def _has_work(self, connection, paused, any_queued, needs_count) -> bool:
         """_PASS's answers: whether a pass has anything to do; refreshes the known model needs."""
@@ -293,7 +295,7 @@ class Dispatcher:
         if needs_count != len(self._needs):
             # Read them all again, not only ids above the highest known: ids are handed out
             # before their transactions commit, so a lower one can appear later.
-            self._needs = {row.id: frozenset(row.files) for row in connection.execute(_ALL_NEEDS)}
+            self._needs = {row.id: frozenset(row.files) for row in prepared.execute(connection, _ALL_NEEDS)}
         return True
 
     def _live_workers(self, connection) -> list[_Worker]:
@@ -301,7 +303,7 @@ class Dispatcher:
         return [_Worker(row.name, placement.capabilities(row.model_files, row.tags),
                         placement.loaded_checkpoints(row.loaded_models),
                         bool(row.busy))
-                for row in connection.execute(_WORKERS, {"timeout": self.settings.worker_timeout_seconds})]
+                for row in prepared.execute(connection, _WORKERS, {"timeout": self.settings.worker_timeout_seconds})]
 
     def _assign(self, connection, worker: _Worker, live, statement, locked: bool = False):
         """Move the prompt `worker` should take out of the queue with `statement` (to dispatched, or
@@ -314,7 +316,7 @@ class Dispatcher:
         params = {"timeout": self.settings.worker_timeout_seconds, "worker": worker.name, "needs": eligible,
                   "window": self.window, "max_wait": float(self.settings.affinity_max_wait_seconds)}
         if not locked:
-            row = connection.execute(_LOCK_WORKER, params).first()
+            row = prepared.execute(connection, _LOCK_WORKER, params).first()
             if row is None or row[1]:
                 return None  # dead, draining or locked since the pass began, or given a prompt meanwhile
         taken = self._decide(connection, worker, live, statement, params)
@@ -328,7 +330,7 @@ class Dispatcher:
         limits = self.teams.teams()
         loads = [fair_share.TeamLoad(row.name, limits.get(row.name, fair_share.TeamLimits()),
                                      row.in_use, row.head)
-                 for row in connection.execute(_TEAM_LOADS, params)]
+                 for row in prepared.execute(connection, _TEAM_LOADS, params)]
         for load in fair_share.ranked(loads):
             if load.limits.cap is not None and not self._team_below_cap(connection, load.name, load.limits.cap):
                 continue  # reached its cap meanwhile (another dispatcher)
@@ -346,8 +348,13 @@ class Dispatcher:
             return any(candidate.needs <= other.files and other.name not in candidate.lost_on
                        for other in live() if other.name != worker.name)
 
-        for _ in range(5):  # the candidates again: other dispatchers took or hold all we saw
-            rows = connection.execute(query, params).all()
+        # Placement looks past the first prompt this worker may run only for one whose checkpoint
+        # it has loaded: a worker with none loaded reads a few rows first, the window only when
+        # those few are all left to others.
+        few = _FEW < self.window and (not worker.loaded or self.settings.affinity_lookahead <= 0)
+        for attempt in range(5):  # the candidates again: other dispatchers took or hold all we saw
+            window = _FEW if few and attempt == 0 else self.window
+            rows = prepared.execute(connection, query, {**params, "window": window}).all()
             caps = {row.prompt_id: (row.batch_id, row.max_workers) for row in rows if row.max_workers is not None}
             candidates = [
                 placement.Candidate(row.prompt_id, row.attempt, bool(row.front),
@@ -359,15 +366,19 @@ class Dispatcher:
                 choice = placement.choose(candidates, worker.name, worker.loaded, self.settings.affinity_lookahead,
                                           runs_elsewhere)
                 if choice is None:
+                    if len(rows) == window < self.window:
+                        break  # the few were all left to others: read the window
                     return None
                 chosen = candidates[choice.index]
                 if chosen.prompt_id in caps and not self._below_cap(connection, *caps[chosen.prompt_id]):
                     candidates.remove(chosen)  # its batch reached max_workers meanwhile
                     continue
-                taken = connection.execute(statement, {"p_id": chosen.prompt_id, "worker": worker.name}).first()
+                taken = prepared.execute(connection, statement,
+                                         {"p_id": chosen.prompt_id, "worker": worker.name}).first()
                 if taken is not None:
                     if choice.passed:
-                        connection.execute(_MARK_PASSED, {"passed": [candidates[i].prompt_id for i in choice.passed]})
+                        prepared.execute(connection, _MARK_PASSED,
+                                         {"passed": [candidates[i].prompt_id for i in choice.passed]})
                     return taken
                 candidates.remove(chosen)  # taken or held by another dispatcher: the next pick
         return None
@@ -375,19 +386,19 @@ class Dispatcher:
     @staticmethod
     def _team_below_cap(connection, team: str, cap: int) -> bool:
         """Lock the team (until this transaction ends) and check it holds fewer slots than `cap`."""
-        connection.execute(_LOCK_TEAM, {"team": team})
-        return connection.execute(_TEAM_IN_USE, {"team": team}).scalar() < cap
+        prepared.execute(connection, _LOCK_TEAM, {"team": team})
+        return prepared.execute(connection, _TEAM_IN_USE, {"team": team}).scalar() < cap
 
     @staticmethod
     def _below_cap(connection, batch_id: str, max_workers: int) -> bool:
         """Lock the batch (until this transaction ends) and check it runs fewer than its cap."""
-        connection.execute(_LOCK_BATCH, {"batch_id": batch_id})
-        return connection.execute(_ACTIVE_CELLS, {"batch_id": batch_id}).scalar() < max_workers
+        prepared.execute(connection, _LOCK_BATCH, {"batch_id": batch_id})
+        return prepared.execute(connection, _ACTIVE_CELLS, {"batch_id": batch_id}).scalar() < max_workers
 
     def _undo(self, assignments: list[Assignment]) -> None:
         with self.database.write_connection() as connection:
             for assignment in assignments:
-                connection.execute(_UNASSIGN, {"p_id": assignment.prompt_id, "p_attempt": assignment.attempt})
+                prepared.execute(connection, _UNASSIGN, {"p_id": assignment.prompt_id, "p_attempt": assignment.attempt})
 
     def _send(self, assignment: Assignment) -> bool:
         try:

@@ -17,6 +17,7 @@ import tenacity
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
+from farm.db import prepared
 from farm.db.clock import db_now
 from farm.db.models import Prompt, PromptState, Worker
 from farm.services import cell_retries as cell_retries_module
@@ -93,9 +94,9 @@ def claim(database, prompt_id: str, attempt: int, worker: str) -> ClaimedPrompt 
     def write() -> ClaimedPrompt | None:
         with database.write_connection() as connection:
             owner = _owner(prompt_id, attempt, worker, PromptState.DISPATCHED)
-            if not connection.execute(_CLAIM, owner).rowcount:
+            if not prepared.execute(connection, _CLAIM, owner).rowcount:
                 return None
-            return ClaimedPrompt(*connection.execute(_CLAIMED_ROW, {"p_id": prompt_id}).one())
+            return ClaimedPrompt(*prepared.execute(connection, _CLAIMED_ROW, {"p_id": prompt_id}).one())
 
     return _claim_retrying(write)
 
@@ -141,20 +142,21 @@ def finish_then(database, claimed: ClaimedPrompt, worker: str, state: PromptStat
                     log.warning("worker %s blocked from batch %s after %d failed cells", worker, claimed.batch_id,
                                 cell_retries_module.BLOCK_AFTER)
                 if requeued:
-                    connection.execute(_COUNT_FAILED, {"p_worker": worker})
+                    prepared.execute(connection, _COUNT_FAILED, {"p_worker": worker})
                     log.info("cell %s failed (%s); it runs again elsewhere", claimed.prompt_id,
                              execution_error.get("exception_type"))
                     following = then(connection) if then is not None else None
                     return False, ClaimedPrompt(*following) if following is not None else None
-            if not connection.execute(_FINISH, values).rowcount:
+            if not prepared.execute(connection, _FINISH, values).rowcount:
                 return False, None
             if not timed_out:
-                connection.execute(_COUNT_FAILED if state == PromptState.ERROR else _COUNT_DONE, {"p_worker": worker})
+                prepared.execute(connection, _COUNT_FAILED if state == PromptState.ERROR else _COUNT_DONE,
+                                 {"p_worker": worker})
             else:
-                streak = connection.execute(_COUNT_TIMEOUT, {"p_worker": worker}).scalar()
+                streak = prepared.execute(connection, _COUNT_TIMEOUT, {"p_worker": worker}).scalar()
                 if lock_after and streak is not None and streak >= lock_after:
                     reason = f"lost or timed out {streak} prompts in a row; locked until an operator unlocks it"
-                    connection.execute(_LOCK, {"p_worker": worker, "reason": reason})
+                    prepared.execute(connection, _LOCK, {"p_worker": worker, "reason": reason})
                     log.error("worker %s locked: %s", worker, reason)
             if notify is not None:
                 notify(connection)

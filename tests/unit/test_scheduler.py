@@ -270,6 +270,24 @@ def test_timeouts_count_in_the_loss_streak(client, context, sender):
     assert client.get("/api/workers/w1").get_json()["state"] == "locked"
 
 
+def test_a_worker_with_nothing_loaded_looks_past_the_prompts_it_lost_to_the_first_it_may_run(client, context,
+                                                                                            sender):
+    register(context, "w1")
+    register(context, "w2")
+    first, second = model_free_prompt(client), model_free_prompt(client)
+    sent = {assignment.worker: assignment for assignment in take(sender)}
+    assert set(sent) == {"w1", "w2"}  # both busy now: the rest waits in the queue
+    queued = [model_free_prompt(client) for _ in range(6)]
+    with context.database.write_connection() as connection:  # w1 lost the first four; w2 may run them
+        connection.execute(update(Prompt).where(Prompt.prompt_id.in_(queued[:4])).values(lost_on=["w1"]))
+    claimed = execution.claim(context.database, sent["w1"].prompt_id, sent["w1"].attempt, "w1")
+    recorded, following = execution.finish_then(
+        context.database, claimed, "w1", PromptState.SUCCESS, {}, [], None,
+        then=lambda connection: context.dispatcher.take_next(connection, "w1", frozenset(), frozenset()))
+    assert recorded and following.prompt_id == queued[4]
+    assert {first, second} == {sent["w1"].prompt_id, sent["w2"].prompt_id}
+
+
 def test_clearing_a_huge_queue_is_one_statement_that_reports_only_what_it_cancelled(client, context, sender):
     count = 70_000  # past PostgreSQL's 65,535 parameters per statement
     rows = [{"prompt_id": f"p{i:06d}", "number": float(i), "front": False, "prompt": {}, "extra_data": {},
