@@ -26,7 +26,6 @@ import traceback
 import uuid
 
 from farm.attempt_outputs import AttemptOutputs, discard_attempts
-from farm.db.models import PromptState
 from farm.engine.compiled import from_settings as compiled_unets
 from farm.engine.model_cache import ModelCache
 from farm.events import EventBus
@@ -41,10 +40,10 @@ from farm.queue.sender import CelerySender
 from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
 from farm.services.webhooks import PromptHooks
-from farm.storage.full import Backoff, is_full_error
 from farm.worker.coalescing import GroupCapacity
 from farm.worker.device import device_report
 from farm.worker.liveness import Heartbeat, Reporter
+from farm.worker.prompt_end import PromptEnd
 from farm.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -86,9 +85,10 @@ class WorkerRuntime:
         self.heartbeat = Heartbeat(settings, self.info, self._presumed_dead)
         self.reporter = Reporter(settings, self.info, self.context.database, self._refresh_info, self._tick)
         self._stopping = threading.Event()  # SIGTERM: take no more prompts
-        # How long to wait after a prompt found the output storage full (farm.storage.full).
-        self.storage_backoff = Backoff(first=1.0, most=30.0)
         self._abandon = threading.Event()  # past the stop grace: put the running prompt back
+        self.ends = PromptEnd(name, settings, self.context, self.bus, self.hooks, self.metrics,
+                              stopping=self._stopping, abandon=self._abandon, capabilities=self._capabilities,
+                              publish_status=self._publish_status)
         self._interrupt = threading.Event()
         # Interrupts can arrive before the prompt starts here (it was only dispatched): remember them.
         self._interrupt_requests: collections.deque[str] = collections.deque(maxlen=1024)
@@ -315,7 +315,7 @@ class WorkerRuntime:
             result = self._run(claimed, emit, outputs)
             self.metrics.execution.labels(claimed.team, result.status).observe(time.perf_counter() - started)
             self._deadline = None  # ended: only recording is left, the watchdog has nothing to stop
-            return self._settle(claimed, result, held, outputs)
+            return self.ends.settle(claimed, result, held, outputs)
         finally:
             self.models.end_prompt()
             self._clear_running()
@@ -400,41 +400,12 @@ class WorkerRuntime:
             following = None
             for member, result in zip(members, results):
                 self.metrics.execution.labels(member.team, result.status).observe(seconds)
-                following = self._settle(member, result, held[member.prompt_id], outputs[member.prompt_id]) \
+                following = self.ends.settle(member, result, held[member.prompt_id], outputs[member.prompt_id]) \
                     or following
             return following
         finally:
             self.models.end_prompt()
             self._clear_running()
-
-    def _settle(self, claimed, result: ExecutionResult, held, outputs: AttemptOutputs):
-        """After a prompt ran: put it back in the queue when the worker is stopping past its grace,
-        else record its end (keeping its outputs only if recorded); the next prompt taken, if any."""
-        if result.status == "interrupted" and self._abandon.is_set():
-            outputs.discard()
-            execution.requeue(self.context.database, claimed.prompt_id, claimed.attempt, self.name)
-            self._publish_status()
-            log.info("worker stopping: %s goes back to the queue", claimed.prompt_id)
-            return None
-        if result.status == "error" and is_full_error(result.error):
-            # Not the prompt's fault: it waits in the queue, uncounted, and this worker waits too
-            # (every worker writes to the same storage) before it takes another.
-            outputs.discard()
-            execution.requeue(self.context.database, claimed.prompt_id, claimed.attempt, self.name)
-            self._publish_status()
-            delay = self.storage_backoff.failed()
-            log.warning("output storage full (%s): %s goes back to the queue; this worker waits %.0f s",
-                        result.error.get("exception_message"), claimed.prompt_id, delay)
-            self._stopping.wait(delay)
-            return None
-        self.storage_backoff.succeeded()
-        recorded, following = self._end(claimed, result, held)
-        if recorded:
-            self.metrics.prompts.labels(claimed.team, result.status).inc()
-            outputs.keep()
-        else:
-            outputs.discard()
-        return following
 
     def _clear_running(self) -> None:
         with self._state_lock:
@@ -442,39 +413,6 @@ class WorkerRuntime:
             self._running = None
             self._deadline = None
             self._group_interrupts = {}
-
-    def _end(self, claimed, result: ExecutionResult, held: list[tuple[str, dict]]):
-        """Record the prompt's end (taking this worker's next prompt in the same transaction, unless
-        it is stopping), then, only if recorded, tell its client. (recorded, next prompt or None)."""
-        state = {"success": PromptState.SUCCESS, "error": PromptState.ERROR,
-                 "interrupted": PromptState.INTERRUPTED}[result.status]
-        timed_out = bool(result.error and result.error.get("exception_type") == PromptTimeout.exception_type)
-        loaded = placement.loaded_checkpoints(self.models.report())
-        files = self._files
-
-        def take_next(connection):
-            if self._stopping.is_set():
-                return None
-            return self.context.dispatcher.take_next(connection, self.name, files, loaded)
-
-        recorded, following = execution.finish_then(
-            self.context.database, claimed, self.name, state, result.outputs, result.messages, result.error,
-            then=take_next, timed_out=timed_out, lock_after=self.settings.lock_after_failures,
-            cell_retries=self.settings.cell_retries,
-            notify=lambda connection: self.hooks.prompt_ended(
-                connection, claimed.prompt_id, claimed.team, claimed.batch_id, claimed.extra_data, state.value,
-                result.outputs, result.error))
-        if recorded:
-            self.tell_end(claimed, held)
-        return recorded, following
-
-    def tell_end(self, claimed: execution.ClaimedPrompt, held: list[tuple[str, dict]]) -> None:
-        prompt_id, client_id, team = claimed.prompt_id, claimed.client_id, claimed.team
-        for event, data in held:
-            self.bus.publish(event, data, prompt_id=prompt_id, client_id=client_id, team=team)
-        self._publish_status()  # ComfyUI's order: the status broadcast, then the final executing
-        self.bus.publish("executing", {"node": None, "prompt_id": prompt_id}, prompt_id=prompt_id, client_id=client_id,
-                         team=team)
 
     def _run(self, claimed, emit, outputs: AttemptOutputs, group=None, check_interrupt=None) -> ExecutionResult:
         try:
@@ -493,6 +431,10 @@ class WorkerRuntime:
             }
             emit("execution_error", error)
             return ExecutionResult("error", {}, [["execution_error", error]], error)
+
+    def _capabilities(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The model files (and tags) placement matches, and the loaded checkpoints, as of now."""
+        return self._files, placement.loaded_checkpoints(self.models.report())
 
     def _publish_status(self) -> None:
         """The `status` broadcast, in order with this worker's events (counted by the bus's thread)."""

@@ -50,7 +50,7 @@ class Watchdog:
             if execution.finish(runtime.heartbeat.database, claimed, runtime.name, PromptState.ERROR, {},
                                 [["execution_error", error]], error, timed_out=True,
                                 lock_after=settings.lock_after_failures, give_up=lambda: True):
-                runtime.tell_end(claimed, [("execution_error", error)])
+                runtime.ends.tell(claimed, [("execution_error", error)])
                 runtime.bus.flush(5)
         except Exception:  # noqa: BLE001 - unrecorded, the prompt is taken back once this worker is gone
             log.exception("could not record the timeout of %s", claimed.prompt_id)
