@@ -14,7 +14,7 @@ import logging
 from typing import Callable
 
 import tenacity
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.exc import DBAPIError
 
 from farm.db import prepared
@@ -31,7 +31,6 @@ _OWNED = (
 )
 # Built once: these run for every prompt, and building a statement costs more than running it.
 _workers = Worker.__table__
-_CLAIM = update(_table).where(_OWNED).values(state=PromptState.RUNNING.value, started_at=db_now())
 _FINISH = update(_table).where(_OWNED).values(
     state=bindparam("new_state"), outputs=bindparam("outputs"), messages=bindparam("messages"),
     execution_error=bindparam("execution_error"), finished_at=db_now(),
@@ -49,11 +48,12 @@ _COUNT_TIMEOUT = update(_workers).where(_workers.c.name == bindparam("p_worker")
 ).returning(_workers.c.failures_in_row)
 _LOCK = update(_workers).where(_workers.c.name == bindparam("p_worker"), _workers.c.locked.is_(False)).values(
     locked=True, lock_reason=bindparam("reason"))
-_CLAIMED_ROW = select(
+# Claimed, with what the worker needs to run it, in one statement.
+_CLAIM = update(_table).where(_OWNED).values(state=PromptState.RUNNING.value, started_at=db_now()).returning(
     _table.c.prompt_id, _table.c.attempt, _table.c.prompt, _table.c.extra_data, _table.c.outputs_to_execute,
     _table.c.client_id, _table.c.team, _table.c.batch_id, _table.c.created_at, _table.c.started_at,
     _table.c.coalesce_key,
-).where(_table.c.prompt_id == bindparam("p_id"))
+)
 
 
 def _owner(prompt_id: str, attempt: int, worker: str, state: PromptState) -> dict:
@@ -94,9 +94,8 @@ def claim(database, prompt_id: str, attempt: int, worker: str) -> ClaimedPrompt 
     def write() -> ClaimedPrompt | None:
         with database.write_connection() as connection:
             owner = _owner(prompt_id, attempt, worker, PromptState.DISPATCHED)
-            if not prepared.execute(connection, _CLAIM, owner).rowcount:
-                return None
-            return ClaimedPrompt(*prepared.execute(connection, _CLAIMED_ROW, {"p_id": prompt_id}).one())
+            row = prepared.execute(connection, _CLAIM, owner).first()
+            return None if row is None else ClaimedPrompt(*row)
 
     return _claim_retrying(write)
 
