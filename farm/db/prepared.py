@@ -9,7 +9,9 @@ connection's dialect, IN lists expanded as SQLAlchemy expands them, each paramet
 processor, each result column's result processor) and leaves the driver call on the hot path. The
 transaction stays SQLAlchemy's (`database.write_connection()`): its begin, commit, rollback, retries
 and pool are unchanged; driver errors come out as SQLAlchemy's, and a connection the driver lost is
-invalidated, as SQLAlchemy's own execute does.
+invalidated, as SQLAlchemy's own execute does. SQLAlchemy's statement-level execution events
+(before_execute, before_cursor_execute ...) do not fire for these statements: the farm listens to
+none of them (farm.db.session uses connection and pool events only, which still fire).
 
 Written here because SQLAlchemy has no public "compiled statement, bare execute" path; what it
 does with the statement (compilation, expanded IN lists, processors, exception wrapping) is its own.
