@@ -26,7 +26,7 @@ class DispatchTrigger:
     some, at once after one that reached none. Waiting for a pass never delays the next wake."""
 
     def __init__(self, dispatcher, min_interval: float = 0.01, wake: Callable[[], int] | None = None,
-                 grace: float = WAKE_GRACE, wake_interval: float = 0.005):
+                 grace: float = WAKE_GRACE, wake_interval: float = 0.002):
         self.dispatcher = dispatcher
         self.min_interval = min_interval
         self.wake = wake
