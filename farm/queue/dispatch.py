@@ -26,8 +26,7 @@ Invariants:
   are undone (queued again, attempt restored) and the next dispatch retries them.
 - A busy worker takes its next prompt itself (`take_next`) in the transaction that records its
   last one, claimed at once: between two prompts of a busy worker there is one commit and no
-  broker round trip. An idle worker woken by a submission (farm.queue.wake) takes its prompt the
-  same way; messages only serve idle workers that did not (or cannot hear wakes).
+  broker round trip. Messages only wake idle workers.
 """
 
 from __future__ import annotations
