@@ -20,15 +20,14 @@ def redis_client_url(url: str) -> str:
     return "unix://" + url[len("redis+socket://"):] if url.startswith("redis+socket://") else url
 
 
-def channel_for(url: str | None, base: str = CHANNEL) -> str:
-    """The farm's channel `base` (the events by default) on the events URL `url`: its database
-    number appended."""
+def channel_for(url: str | None) -> str:
+    """The events channel of the farm whose events URL is `url` (its database number appended)."""
     if not url:
-        return base
+        return CHANNEL
     import redis
 
     db = int(redis.ConnectionPool.from_url(redis_client_url(url)).connection_kwargs.get("db") or 0)
-    return base if db == 0 else f"{base}:{db}"
+    return CHANNEL if db == 0 else f"{CHANNEL}:{db}"
 
 
 class BusEvent:

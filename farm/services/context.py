@@ -103,7 +103,6 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
     (the web's view); workers pass their own folder.
     """
     from farm.queue.trigger import DispatchTrigger
-    from farm.queue.wake import WakeSender
     from farm.services.model_inventory import WorkerModelInventory
 
     database = make_database(settings.database_url)
@@ -121,6 +120,5 @@ def make_context(settings, *, registry: NodeRegistry | None = None, sender=None,
     if sender is not None:
         context.dispatcher = Dispatcher(database, sender, settings, context.teams)
         if background_dispatch:
-            wake = WakeSender(settings.events_url).publish if settings.events_url else None
-            context.trigger = DispatchTrigger(context.dispatcher, wake=wake)
+            context.trigger = DispatchTrigger(context.dispatcher)
     return context

@@ -202,17 +202,3 @@ def claim_companions(database, dispatcher, worker: str, files: frozenset[str], l
         log.warning("could not look for prompts to group with %s; it runs alone", head.prompt_id, exc_info=True)
         return []
     return [ClaimedPrompt(*row) for row in rows]
-
-
-def claim_next(database, dispatcher, worker: str, files: frozenset[str],
-               loaded: frozenset[str]) -> ClaimedPrompt | None:
-    """An idle worker's next prompt, taken and claimed by the worker itself (woken:
-    farm.queue.wake), as a busy worker takes it when it records its last; None when it should take
-    none now, or the database is unreachable (the web's dispatch pass then serves it)."""
-    try:
-        with database.write_connection() as connection:
-            row = dispatcher.take_next(connection, worker, files, loaded)
-    except DBAPIError:
-        log.warning("could not take a prompt for %s on a wake", worker, exc_info=True)
-        return None
-    return None if row is None else ClaimedPrompt(*row)

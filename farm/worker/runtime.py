@@ -37,7 +37,6 @@ from farm.nodes.base import Interrupted, PromptTimeout
 from farm.queue import placement
 from farm.queue.celery_app import worker_queue_name
 from farm.queue.sender import CelerySender
-from farm.queue.wake import WakeListener, claiming_loop
 from farm.services import execution, history, reaping, workers
 from farm.services.context import make_context
 from farm.services.webhooks import PromptHooks
@@ -87,9 +86,6 @@ class WorkerRuntime:
         self.reporter = Reporter(settings, self.info, self.context.database, self._refresh_info, self._tick)
         self._stopping = threading.Event()  # SIGTERM: take no more prompts
         self._abandon = threading.Event()  # past the stop grace: put the running prompt back
-        # Wakes (farm.queue.wake) set `_wanted`; a thread of its own claims and runs what they bring.
-        self._wanted = threading.Event()
-        self.wake = WakeListener(settings.events_url, self._wanted) if settings.events_url else None
         self.ends = PromptEnd(name, settings, self.context, self.bus, self.hooks, self.metrics,
                               stopping=self._stopping, abandon=self._abandon, capabilities=self._capabilities,
                               publish_status=self._publish_status)
@@ -111,8 +107,6 @@ class WorkerRuntime:
         self._preload()  # before registering: no prompt is sent here until the models are in
         self._refresh_info(True)
         self.bus.forget_running([self.name])  # whatever this worker's previous life was running
-        if self.wake is not None and not self.wake.start():
-            log.warning("worker %s is not subscribed to wakes yet: idle, it waits for dispatch passes", self.name)
         failed = workers.register(self.context.database, self.info, self.settings)
         for lost in failed:
             discard_attempts(self.context.storage, lost.prompt_id)
@@ -128,8 +122,6 @@ class WorkerRuntime:
             serve_worker_metrics(port, self.settings.worker_metrics_addr)
             log.info("worker %s metrics on http://%s:%d/metrics", self.name, self.settings.worker_metrics_addr, port)
         self.context.warm_up()
-        if self.wake is not None:
-            claiming_loop(self._wanted, self._abandon, self.claim_on_wake)
         gc.collect()
         gc.freeze()  # start-up objects (torch, Celery) never need collecting: keep full collections short
         self._dispatch_self()
@@ -169,17 +161,10 @@ class WorkerRuntime:
         timer.start()
 
     def stop(self) -> None:
-        # Celery's warm shutdown waits for its task; a prompt the claiming thread runs (farm.queue.wake)
-        # gets the same grace here: it may finish, and past the grace request_stop's timer puts it back.
-        self.request_stop()
-        if self._execution_lock.acquire(timeout=self.settings.stop_grace_seconds + 30):
-            self._execution_lock.release()
         self._stopping.set()
         self._abandon.set()
         self.reporter.stop()
         self.heartbeat.stop()
-        if self.wake is not None:
-            self.wake.stop()
         workers.deregister(self.context.database, self.info)
         self.bus.forget_running([self.name])
         self.bus.close()
@@ -269,13 +254,7 @@ class WorkerRuntime:
         self.context.dispatcher.dispatch()
 
     def _dispatch_self(self) -> None:
-        """Look for a prompt for this idle worker: taken and claimed by its claiming thread when it
-        listens for wakes (farm.queue.wake), else through a dispatch pass (a broker message to itself)."""
-        if self._stopping.is_set():
-            return
-        if self.wake is not None:
-            self._wanted.set()
-        else:
+        if not self._stopping.is_set():
             self.context.dispatcher.dispatch(only=self.name, loaded=placement.loaded_checkpoints(self.models.report()))
 
     # prompts --------------------------------------------------------------------------------
@@ -292,23 +271,6 @@ class WorkerRuntime:
         if deadline is not None and time.monotonic() > deadline:
             raise PromptTimeout(f"the prompt ran longer than the farm's limit of "
                                 f"{self.settings.prompt_timeout_seconds:g} s (FARM_PROMPT_TIMEOUT_SECONDS)")
-
-    def claim_on_wake(self) -> None:
-        """Woken (farm.queue.wake): take the next prompt for this worker and run it, then the
-        prompts it takes next, as `execute` does. While a prompt runs, this waits for it to end
-        first: a wake that came as it was being recorded must not be lost (the running prompt's
-        end takes the next one itself when it is there by then; this finds none then)."""
-        self._execution_lock.acquire()
-        try:
-            if self._stopping.is_set():
-                return
-            files, loaded = self._capabilities()
-            claimed = execution.claim_next(self.context.database, self.context.dispatcher, self.name, files, loaded)
-            while claimed is not None:
-                claimed = self._execute(claimed)
-                self._apply_free()
-        finally:
-            self._execution_lock.release()
 
     def execute(self, prompt_id: str, attempt: int) -> None:
         """The message for (prompt_id, attempt): claim and run it, then the prompts this worker

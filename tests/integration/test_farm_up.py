@@ -71,27 +71,6 @@ def test_farm_up_with_rabbitmq_broker(tmp_path):
         render_and_check(farm.url)
 
 
-def test_an_idle_worker_woken_by_a_submission_claims_the_prompt_itself(tmp_path):
-    """farm.queue.wake: no dispatch pass, no broker message, one claiming statement (so the
-    prompt's dispatched_at is its started_at, where a dispatched one is claimed later)."""
-    import sqlite3
-
-    with farm_up(tmp_path / "data") as farm:
-        render_and_check(farm.url)  # the worker is registered (and subscribed) once one prompt ran
-        ids = []
-        for color in range(5):  # one at a time: the worker is idle when each arrives
-            answer = requests.post(f"{farm.url}/prompt", data=json.dumps({"prompt": invert_workflow(color=color)}),
-                                   timeout=10)
-            ids.append(answer.json()["prompt_id"])
-            assert wait_history(farm.url, ids[-1])["status"]["status_str"] == "success"
-        with sqlite3.connect(tmp_path / "data" / "farm.db") as database:
-            rows = database.execute(
-                f"SELECT dispatched_at = started_at, attempt FROM prompts WHERE prompt_id IN ({','.join('?' * 5)}) "
-                "ORDER BY number",
-                ids).fetchall()
-    assert rows == [(1, 1)] * 5
-
-
 def test_restart_with_prompts_queued_loses_none_and_runs_none_twice(tmp_path):
     data = tmp_path / "data"
     submitted = []
